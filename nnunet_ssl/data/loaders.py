@@ -1,0 +1,69 @@
+"""Loaders: random unlabeled patches, and a composite loader so one worker pool feeds both streams.
+
+The composite loader returns nnU-Net's labeled batch (``data``, ``target``, ``keys``) plus ``batch['unlabeled']``
+(``data``, ``keys`` and any further tensor a method's unlabeled transforms produce, e.g. a second view). Both
+streams run inside nnU-Net's augmentation workers, so the unlabeled stream adds work to the same pool instead of
+a second one competing for cores.
+"""
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from threadpoolctl import threadpool_limits
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+from nnunet_ssl.data.unlabeled import UnlabeledImages
+
+
+class UnlabeledDataLoader(nnUNetDataLoader):
+    """nnU-Net's patch sampling without labels: random boxes (no foreground oversampling, no class locations),
+    the image only. The batch carries no ``target``."""
+
+    def __init__(self, data: UnlabeledImages, batch_size: int, patch_size, final_patch_size,
+                 label_manager: LabelManager, transforms=None):
+        super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
+                         oversample_foreground_percent=0.0, transforms=transforms)
+        self.has_ignore = False  # no annotation to restrict sampling to
+
+    def generate_train_batch(self):
+        keys = self.get_indices()
+        samples = []
+        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+            for key in keys:
+                image = self._data.load_image(key)
+                bbox_lbs, bbox_ubs = self.get_bbox(image.shape[1:], False, None)
+                cropped = torch.from_numpy(crop_and_pad_nd(image, [[lo, hi] for lo, hi in zip(bbox_lbs, bbox_ubs)], 0))
+                if self.patch_size_was_2d:
+                    cropped = cropped[:, 0]
+                cropped = cropped.float()
+                samples.append(self.transforms(image=cropped) if self.transforms is not None else {"image": cropped})
+        batch = {"data": torch.stack([s.pop("image") for s in samples]), "keys": keys}
+        for name in samples[0]:
+            if isinstance(samples[0][name], torch.Tensor):
+                batch[name] = torch.stack([s[name] for s in samples])
+        return batch
+
+
+class CompositeDataLoader(SlimDataLoaderBase):
+    """One labeled and one unlabeled batch per draw."""
+
+    def __init__(self, labeled: nnUNetDataLoader, unlabeled: UnlabeledDataLoader):
+        super().__init__(None, labeled.batch_size)
+        self.labeled = labeled
+        self.unlabeled = unlabeled
+
+    def generate_train_batch(self):
+        batch = self.labeled.generate_train_batch()
+        batch["unlabeled"] = self.unlabeled.generate_train_batch()
+        return batch
+
+
+def split_batch_across_ranks(global_batch_size: int, world_size: int, rank: int) -> int:
+    """This rank's share of a global batch, distributed as nnU-Net distributes the labeled batch under DDP."""
+    if global_batch_size < world_size:
+        raise ValueError(f"unlabeled batch size {global_batch_size} is smaller than the number of GPUs {world_size}")
+    shares = [global_batch_size // world_size + (1 if i < global_batch_size % world_size else 0)
+              for i in range(world_size)]
+    return shares[rank]
+

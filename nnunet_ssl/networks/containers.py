@@ -1,0 +1,124 @@
+"""Network building blocks for SSL trainers, made from the U-Nets nnU-Net builds from its plans.
+
+Every container follows one contract so that nnU-Net's predictor, validation and checkpointing work unchanged:
+
+* in training mode ``forward`` returns what the method needs (one output per network or decoder);
+* in eval mode ``forward`` returns one logits tensor (or nnU-Net's deep-supervision list while DS is on);
+* ``pretrainable_unets()`` names the plain nnU-Net U-Nets inside, which a supervised nnU-Net checkpoint can
+  initialise (``nnUNetv2_train ... -pretrained_weights``).
+"""
+import copy
+from typing import List
+
+import torch
+from torch import nn
+
+INFERENCE_MODES = ("first", "mean")
+
+
+def _check_inference_mode(mode: str) -> str:
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    return mode
+
+
+def mean_of_outputs(a, b):
+    """Mean of two logits outputs, also for deep-supervision lists."""
+    if isinstance(a, (list, tuple)):
+        return [(x + y) / 2 for x, y in zip(a, b)]
+    return (a + b) / 2
+
+
+def clone_decoder(unet: nn.Module) -> nn.Module:
+    """A second decoder of the same configuration as ``unet.decoder``, on the same encoder, freshly initialised."""
+    encoder = unet.decoder.encoder
+    unet.decoder.encoder = None  # keep deepcopy from copying the shared encoder
+    try:
+        decoder2 = copy.deepcopy(unet.decoder)
+    finally:
+        unet.decoder.encoder = encoder
+    decoder2.encoder = encoder
+    decoder2.apply(type(unet).initialize)
+    return decoder2
+
+
+class TwoNetworks(nn.Module):
+    """Two complete U-Nets of the same architecture with independent initialisation (co-training, mutual
+    learning). Training: ``(out1, out2)``; eval: network 1, or the mean of both logits with ``inference='mean'``."""
+
+    def __init__(self, net1: nn.Module, net2: nn.Module, inference: str = "first"):
+        super().__init__()
+        self.net1 = net1
+        self.net2 = net2
+        self.inference = _check_inference_mode(inference)
+
+    def forward(self, x):
+        if self.training:
+            return self.net1(x), self.net2(x)
+        if self.inference == "mean":
+            return mean_of_outputs(self.net1(x), self.net2(x))
+        return self.net1(x)
+
+    def pretrainable_unets(self) -> List[nn.Module]:
+        return [self.net1, self.net2]
+
+
+class SharedEncoderTwoDecoders(nn.Module):
+    """One encoder, two decoders. ``unet`` is nnU-Net's U-Net (encoder + decoder 1, key names as in a plain
+    nnU-Net checkpoint under ``unet.``); ``decoder2`` reads the same skips. Training: ``(out1, out2)``; eval:
+    decoder 1, or the mean of both with ``inference='mean'``."""
+
+    def __init__(self, unet: nn.Module, decoder2: nn.Module = None, inference: str = "first"):
+        super().__init__()
+        self.unet = unet
+        self.decoder2 = decoder2 if decoder2 is not None else clone_decoder(unet)
+        self.inference = _check_inference_mode(inference)
+
+    def forward(self, x):
+        skips = self.unet.encoder(x)
+        out1 = self.unet.decoder(skips)
+        if self.training:
+            return out1, self.decoder2(skips)
+        if self.inference == "mean":
+            return mean_of_outputs(out1, self.decoder2(skips))
+        return out1
+
+    def pretrainable_unets(self) -> List[nn.Module]:
+        return [self.unet]
+
+
+class StudentTeacher(nn.Module):
+    """A student U-Net and its exponential-moving-average teacher (mean teacher). The teacher takes no gradient
+    and is updated by :meth:`update_teacher`. Training: ``forward(x, teacher_input)`` returns
+    ``(student(x), teacher(teacher_input))``; eval: the student, or the teacher with ``inference='teacher'``."""
+
+    def __init__(self, student: nn.Module, inference: str = "student"):
+        super().__init__()
+        if inference not in ("student", "teacher"):
+            raise ValueError(f"inference must be 'student' or 'teacher', got {inference!r}")
+        self.student = student
+        self.teacher = copy.deepcopy(student).requires_grad_(False)
+        self.inference = inference
+
+    def forward(self, x, teacher_input=None):
+        if not self.training:
+            return (self.teacher if self.inference == "teacher" else self.student)(x)
+        student_out = self.student(x)
+        if teacher_input is None:
+            return student_out, None
+        with torch.no_grad():
+            return student_out, self.teacher(teacher_input)
+
+    @torch.no_grad()
+    def update_teacher(self, decay: float) -> None:
+        """teacher = decay * teacher + (1 - decay) * student, for parameters and floating-point buffers."""
+        for t, s in zip(self.teacher.parameters(), self.student.parameters()):
+            t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+        for t, s in zip(self.teacher.buffers(), self.student.buffers()):
+            if t.dtype.is_floating_point:
+                t.mul_(decay).add_(s, alpha=1 - decay)
+            else:
+                t.copy_(s)
+
+    def pretrainable_unets(self) -> List[nn.Module]:
+        return [self.student, self.teacher]

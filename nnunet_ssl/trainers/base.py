@@ -1,0 +1,232 @@
+"""``nnUNetTrainerSSLBase``: what every semi-supervised trainer shares.
+
+* unlabeled cases from every source present (see :mod:`nnunet_ssl.data.unlabeled`), checked against the fold;
+* a composite loader: each training step gets nnU-Net's labeled batch plus ``batch['unlabeled']``, both
+  augmented by nnU-Net's own pipeline in nnU-Net's worker pool;
+* a train step with nnU-Net's AMP / gradient clipping / optimizer pattern around :meth:`compute_loss`, which a
+  method implements, returning its total loss and its named terms;
+* every term logged per epoch in nnU-Net's log and drawn in progress.png;
+* the ramp-up position derived from the epoch and the step within it, so ``--c`` resumes it exactly.
+
+All SSL state lives inside ``self.network`` (second network, teacher, extra decoder), so nnU-Net's own
+checkpoints hold it and ``--c`` restores it with nnU-Net's code.
+"""
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import autocast
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_ssl.data.loaders import CompositeDataLoader, UnlabeledDataLoader, split_batch_across_ranks
+from nnunet_ssl.data.unlabeled import UnlabeledImages, collect_unlabeled_cases
+from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.losses import sigmoid_rampup
+from nnunet_ssl.networks import pretrained
+from nnunet_ssl.splits import check_fold, read_splits
+from nnunet_ssl.trainers.logging import SSLLocalLogger
+
+pretrained.install()
+
+
+class nnUNetTrainerSSLBase(nnUNetTrainer):
+    """Base of all nnunet-ssl trainers. Subclasses implement :meth:`compute_loss` and usually
+    ``build_network_architecture``; hyper-parameters are class attributes, so a variant is a short subclass."""
+
+    #: unlabeled patches per step (global, split across GPUs like the labeled batch); None = labeled batch size
+    unlabeled_batch_size: Optional[int] = None
+    #: fraction of the whole training over which :meth:`rampup` rises from ~0 to 1 (UA-MT / SSL4MIS ramp over
+    #: the whole run: consistency_rampup x 150 iterations = max_iterations)
+    rampup_fraction: float = 1.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:
+            raise SSLConfigError(f"configuration '{configuration}' is a cascade stage; semi-supervised trainers "
+                                 f"support 2d, 3d_fullres and 3d_lowres (unlabeled cases have no previous-stage "
+                                 f"segmentations)")
+        self.logger.local_logger = SSLLocalLogger(self.logger.local_logger)
+        self.unlabeled_cases: Dict[str, str] = {}
+        self.batch_size_unlabeled: Optional[int] = None
+        self.step_in_epoch = 0
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        global_unlabeled = self.unlabeled_batch_size or self.configuration_manager.batch_size
+        if self.is_ddp:
+            self.batch_size_unlabeled = split_batch_across_ranks(global_unlabeled, dist.get_world_size(),
+                                                                 dist.get_rank())
+        else:
+            self.batch_size_unlabeled = global_unlabeled
+
+    def _split_file_unlabeled(self) -> list:
+        """The fold's ``unlabeled`` list of splits_final.json (empty if none), checked against train/val."""
+        if self.fold == "all":
+            return []
+        splits_file = f"{self.preprocessed_dataset_folder_base}/splits_final.json"
+        try:
+            splits = read_splits(splits_file)
+        except FileNotFoundError:
+            return []
+        if self.fold >= len(splits):
+            return []
+        check_fold(splits[self.fold], f"{splits_file}, fold {self.fold}")
+        return list(splits[self.fold].get("unlabeled", []))
+
+    def get_unlabeled_dataset(self, labeled_ids) -> UnlabeledImages:
+        self.unlabeled_cases = collect_unlabeled_cases(self.preprocessed_dataset_folder,
+                                                       self._split_file_unlabeled(), labeled_ids)
+        return UnlabeledImages(self.unlabeled_cases)
+
+    def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
+        """nnU-Net's training augmentation without anything label-related. The unlabeled stream carries no
+        segmentation, so images are not re-masked after augmentation (they are already 0 outside the
+        non-zero mask from normalisation). Override to add views (e.g. a strongly perturbed copy)."""
+        return self.get_training_transforms(
+            patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=[False] * len(self.configuration_manager.use_mask_for_norm),
+            is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
+            ignore_label=None)
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders, with the labeled training loader wrapped in a composite labeled+unlabeled one."""
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        regions = self.label_manager.foreground_regions if self.label_manager.has_regions else None
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels, regions=regions,
+            ignore_label=self.label_manager.ignore_label)
+        val_transforms = self.get_validation_transforms(
+            ds_scales, is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
+            regions=regions, ignore_label=self.label_manager.ignore_label)
+
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        unlabeled = self.get_unlabeled_dataset(list(dataset_tr.identifiers) + list(dataset_val.identifiers))
+        common = dict(label_manager=self.label_manager, oversample_foreground_percent=self.oversample_foreground_percent,
+                      probabilistic_oversampling=self.probabilistic_oversampling)
+        dl_tr = CompositeDataLoader(
+            nnUNetDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, transforms=tr_transforms,
+                             **common),
+            UnlabeledDataLoader(unlabeled, self.batch_size_unlabeled, initial_patch_size, patch_size,
+                                self.label_manager,
+                                self.get_unlabeled_transforms(patch_size, rotation, mirror_axes, dummy_2d)))
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, transforms=val_transforms,
+                                  **common)
+
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            pin = self.device.type == "cuda"
+            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, max(6, n_proc // 2), None, pin, 0.002)
+            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), max(3, n_proc // 4), None,
+                                                  pin, 0.002)
+        next(mt_train)
+        next(mt_val)
+        return mt_train, mt_val
+
+    def on_train_start(self):
+        super().on_train_start()
+        n_split = sum(folder == self.preprocessed_dataset_folder for folder in self.unlabeled_cases.values())
+        self.print_to_log_file(
+            f"Semi-supervised training: {len(self.unlabeled_cases)} unlabeled cases ({n_split} from "
+            f"splits_final.json, {len(self.unlabeled_cases) - n_split} from the imagesUnlabeled folder); "
+            f"{self.batch_size} labeled + {self.batch_size_unlabeled} unlabeled patches per step",
+            also_print_to_console=True)
+
+    # ---- training step ----------------------------------------------------------------------------------
+    @property
+    def network_module(self):
+        """``self.network`` without its DDP / torch.compile wrappers (for methods such as ``update_teacher``)."""
+        return pretrained.unwrap(self.network)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """Sets deep supervision on every decoder inside the network (both decoders, both networks, ...)."""
+        for module in self.network_module.modules():
+            if hasattr(module, "deep_supervision"):
+                module.deep_supervision = enabled
+
+    def autocast(self):
+        """Mixed precision as nnU-Net uses it: on CUDA only."""
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def to_device(self, x):
+        if isinstance(x, (list, tuple)):
+            return [self.to_device(i) for i in x]
+        return x.to(self.device, non_blocking=True)
+
+    def training_progress(self) -> float:
+        """Fraction of the training done, from the epoch and the step within it (restored exactly by --c)."""
+        done = self.current_epoch + self.step_in_epoch / self.num_iterations_per_epoch
+        return done / self.num_epochs
+
+    def rampup(self) -> float:
+        """The sigmoid ramp-up factor in [0, 1] at the current step, over ``rampup_fraction`` of training."""
+        return sigmoid_rampup(self.training_progress(), self.rampup_fraction)
+
+    def compute_loss(self, data: torch.Tensor, target, data_unlabeled: torch.Tensor,
+                     batch: dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The method's loss for one step: ``(total, {term name: value})``. Runs under autocast on CUDA.
+        ``data``/``target`` are the labeled batch (target a deep-supervision list), ``data_unlabeled`` the
+        unlabeled one; ``batch['unlabeled']`` holds any extra tensors of the unlabeled transforms (on CPU)."""
+        raise NotImplementedError
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """nnU-Net's backward, gradient clipping (norm 12) and optimizer step, with the grad scaler on CUDA."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+
+    def train_step(self, batch: dict) -> dict:
+        data, target = self.to_device(batch["data"]), self.to_device(batch["target"])
+        data_unlabeled = self.to_device(batch["unlabeled"]["data"])
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss, terms = self.compute_loss(data, target, data_unlabeled, batch)
+        self.optimizer_step(loss)
+        self.step_in_epoch += 1
+        return {"loss": loss.detach().cpu().numpy(), **{k: float(v) for k, v in terms.items()}}
+
+    # ---- logging ----------------------------------------------------------------------------------------
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.step_in_epoch = 0
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        for term in outputs:
+            if term == "loss":
+                continue
+            value = np.mean(outputs[term])
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.mean(gathered))
+            self.logger.local_logger.add_term(term)
+            self.logger.log(term, value, self.current_epoch)
+            self.print_to_log_file(f"{term}: {np.round(value, decimals=4)}")

@@ -1,0 +1,48 @@
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017), as the SSL medical-imaging field runs it (UA-MT, SSL4MIS).
+
+The student is nnU-Net's U-Net, trained with nnU-Net's Dice+CE (deep supervision) on the labeled patches and a
+consistency loss on the unlabeled ones: the mean squared difference between the student's and the teacher's
+probabilities, the teacher seeing the same patch plus small Gaussian noise. The teacher is an exponential moving
+average of the student. Choices follow SSL4MIS ``train_mean_teacher_*.py``: EMA decay 0.99 with the
+``1 - 1/(step + 1)`` warm-up, consistency weight 0.1 with the sigmoid ramp-up over the whole training, noise
+``clamp(N(0, 0.1), -0.2, 0.2)``, consistency at full resolution only. Inference uses the student.
+"""
+import torch
+
+from nnunet_ssl.losses import batch_part, full_resolution, softmax_mse
+from nnunet_ssl.networks.containers import StudentTeacher
+from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+
+
+class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
+    ema_decay = 0.99
+    consistency_weight = 0.1
+    teacher_noise_std = 0.1
+    teacher_noise_clip = 0.2
+    #: 'student' (as SSL4MIS evaluates) or 'teacher' for prediction
+    inference_network = "student"
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        student = nnUNetTrainerSSLBase.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+        return StudentTeacher(student, inference=cls.inference_network)
+
+    def compute_loss(self, data, target, data_unlabeled, batch):
+        noise = torch.clamp(torch.randn_like(data_unlabeled) * self.teacher_noise_std,
+                            -self.teacher_noise_clip, self.teacher_noise_clip)
+        student_out, teacher_out = self.network(torch.cat((data, data_unlabeled)), data_unlabeled + noise)
+        n = data.shape[0]
+        sup = self.loss(batch_part(student_out, slice(None, n)), target)
+        cons = softmax_mse(full_resolution(batch_part(student_out, slice(n, None))), full_resolution(teacher_out),
+                           self.label_manager.has_regions)
+        weight = self.consistency_weight * self.rampup()
+        return sup + weight * cons, {"sup": sup.detach(), "cons": cons.detach(), "cons_weight": torch.tensor(weight)}
+
+    def train_step(self, batch):
+        step = self.current_epoch * self.num_iterations_per_epoch + self.step_in_epoch
+        result = super().train_step(batch)
+        decay = min(1 - 1 / (step + 1), self.ema_decay)
+        self.network_module.update_teacher(decay)
+        return result
