@@ -1,0 +1,1 @@
+"""Evaluation of predicted segmentations with the metrics the semi-supervised segmentation papers report."""
