@@ -1,0 +1,138 @@
+"""Deep Mutual Distillation, DMD (Xie, Yin, Li, Wang, MICCAI 2023; code SilenceMonk/Dual-Mutual-Distillation).
+
+Two nnU-Net U-Nets of the same architecture, initialised independently (the only perturbation between them), are
+trained together with one optimizer. Each is supervised on the labeled patches, and each distils into the other on
+all patches (labeled and unlabeled) through temperature-softened, high-entropy predictions ``softmax(z / T)``. The
+distillation loss is a soft Dice rather than KL, so the networks are not forced to agree voxel by voxel in
+ambiguous regions. It is symmetric: neither side is detached, so both networks learn from it.
+
+    L = sup(z1, y) + sup(z2, y) + lambda * D(softmax(z1 / T), softmax(z2 / T))
+
+Paper and released code, LA setting: lambda = 4, T = 2, no ramp-up. Both are class attributes.
+
+Our choices and deviations:
+
+* ``sup`` is nnU-Net's Dice+CE with deep supervision (Dice+BCE for region datasets). The released code uses a
+  Dice-only loss. That loss also has a broadcasting bug: ``dice_loss(outputs_soft[:labeled_bs], label)`` multiplies
+  a (B, 1, D, H, W) prediction by a (B, D, H, W) label. The product broadcasts to (B, B, D, H, W), so the
+  intersection compares every prediction with every label of the labeled sub-batch. We compute the intended
+  per-class Dice.
+* ``D`` takes the released code's Dice (SASSNet ``dice_loss``): ``1 - (2 sum pq + s) / (sum p^2 + sum q^2 + s)``
+  with s = 1e-5. Squared terms are in the denominator, and sums run over the whole batch and all voxels. It is
+  computed per channel and averaged over channels (see :func:`soft_dice_loss`). With identical inputs the
+  numerator and denominator are the same floating-point number, so the loss is exactly 0. The paper's binary case
+  (one sigmoid output) becomes the paper's eq. 4 ``softmax(z / T)`` over nnU-Net's channels. Only the foreground
+  channels are distilled (``distill_background``). For a two-class softmax this is exactly the released sigmoid
+  form, because ``softmax(z / T)[1] = sigmoid((z1 - z0) / T)``. Region (sigmoid) datasets use ``sigmoid(z / T)``
+  per region channel, as the paper does for binary problems.
+* Distillation at full resolution only; ``distill_deep_supervision = True`` adds it at every deep-supervision
+  scale, weighted like nnU-Net's supervised deep-supervision terms (the paper's V-Net has no deep supervision).
+* ``distillation = 'kl'`` reproduces the paper's ablation: the two-way KL of the temperature-softened predictions
+  (:func:`kl_distillation`). As in the released ``--kd_type kl`` it uses no T^2 factor and no detach. Unlike that
+  code, ours is the full categorical (or per-region Bernoulli) KL, where the released code keeps only the
+  foreground term ``p log(p / q)`` of its single sigmoid channel.
+* nnU-Net's training recipe: SGD with Nesterov, momentum 0.99, poly lr, one optimizer over both networks, with
+  gradients clipped jointly at norm 12. No dropout; the released V-Net uses dropout 0.5.
+* Inference uses network 1, as the released code saves only ``model_1``. ``inference_network = 'mean'`` averages
+  the logits of both networks.
+"""
+import torch
+
+from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.losses import batch_part, full_resolution, probabilities
+from nnunet_ssl.networks.containers import TwoNetworks
+from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+
+
+def temperature_probabilities(logits: torch.Tensor, temperature: float, regions: bool) -> torch.Tensor:
+    """The softened predictions ``softmax(z / T)`` (``sigmoid(z / T)`` per region channel), in float32."""
+    return probabilities(logits.float() / temperature, regions)
+
+
+def soft_dice_loss(p: torch.Tensor, q: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """``1 - (2 sum pq + s) / (sum p^2 + sum q^2 + s)`` per channel, with sums over the batch and all voxels
+    (one Dice over the whole batch, as in the released code), averaged over channels. Symmetric in p and q, and
+    exactly 0 for p == q."""
+    axes = (0, *range(2, p.ndim))
+    intersection = (p * q).sum(axes)
+    denominator = (p * p).sum(axes) + (q * q).sum(axes)
+    return 1 - ((2 * intersection + smooth) / (denominator + smooth)).mean()
+
+
+def dice_distillation(logits1: torch.Tensor, logits2: torch.Tensor, temperature: float, regions: bool,
+                      include_background: bool = False, smooth: float = 1e-5) -> torch.Tensor:
+    """DMD's mutual distillation: soft Dice between the two networks' temperature-softened predictions. Gradients
+    reach both networks. Without ``include_background`` the softmax background channel is left out; region
+    channels are all foreground."""
+    p1 = temperature_probabilities(logits1, temperature, regions)
+    p2 = temperature_probabilities(logits2, temperature, regions)
+    if not regions and not include_background:
+        p1, p2 = p1[:, 1:], p2[:, 1:]
+    return soft_dice_loss(p1, p2, smooth)
+
+
+def kl_distillation(logits1: torch.Tensor, logits2: torch.Tensor, temperature: float, regions: bool) -> torch.Tensor:
+    """Two-way KL, ``KL(p1 || p2) + KL(p2 || p1)``, between ``p_i = softmax(z_i / T)``. The KL is summed over
+    classes (for sigmoid outputs: over each region's two outcomes and over the regions), averaged over voxels and
+    batch, with no T^2 factor and no detach.
+
+    We write it as ``sum_c (p1_c - p2_c)(log p1_c - log p2_c)``. The log-normalisers cancel because
+    ``sum_c (p1_c - p2_c) = 0``; for a Bernoulli, ``log p - log(1 - p)`` is the logit itself. Either way the sum
+    reduces to ``sum_c (p1_c - p2_c)(z1_c - z2_c) / T``, which needs no logarithm."""
+    z1, z2 = logits1.float() / temperature, logits2.float() / temperature
+    p1, p2 = probabilities(z1, regions), probabilities(z2, regions)
+    return ((p1 - p2) * (z1 - z2)).sum(1).mean()
+
+
+class nnUNetTrainerDMD(nnUNetTrainerSSLBase):
+    #: lambda, the weight of the distillation term (constant: no ramp-up)
+    distillation_weight = 4.0
+    #: T, the softening temperature of both networks' predictions
+    temperature = 2.0
+    #: 'dice' (DMD) or 'kl' (the paper's ablation)
+    distillation = "dice"
+    #: also distil at the deep-supervision scales (weighted like nnU-Net's supervised terms)
+    distill_deep_supervision = False
+    #: include the softmax background channel in the distillation Dice
+    distill_background = False
+    #: smoothing term of the distillation Dice (SASSNet / DMD code)
+    dice_smooth = 1e-5
+    #: 'first' (network 1, as released) or 'mean' (mean of both networks' logits) for prediction
+    inference_network = "first"
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.distillation not in ("dice", "kl"):
+            raise SSLConfigError(f"{type(self).__name__}.distillation must be 'dice' or 'kl', "
+                                 f"got {self.distillation!r}")
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        def unet():  # each call builds and initialises a new U-Net, so the two initialisations differ
+            return nnUNetTrainerSSLBase.build_network_architecture(
+                plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                enable_deep_supervision)
+        return TwoNetworks(unet(), unet(), inference=cls.inference_network)
+
+    def distillation_term(self, logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
+        regions = self.label_manager.has_regions
+        if self.distillation == "kl":
+            return kl_distillation(logits1, logits2, self.temperature, regions)
+        return dice_distillation(logits1, logits2, self.temperature, regions, self.distill_background,
+                                 self.dice_smooth)
+
+    def distillation_loss(self, out1, out2) -> torch.Tensor:
+        """The distillation term at full resolution, or at every deep-supervision scale."""
+        if self.distill_deep_supervision and isinstance(out1, (list, tuple)):
+            return sum(w * self.distillation_term(a, b) for w, a, b in zip(self.loss.weight_factors, out1, out2))
+        return self.distillation_term(full_resolution(out1), full_resolution(out2))
+
+    def compute_loss(self, data, target, data_unlabeled, batch):
+        out1, out2 = self.network(torch.cat((data, data_unlabeled)))
+        labeled = slice(None, data.shape[0])
+        sup1 = self.loss(batch_part(out1, labeled), target)
+        sup2 = self.loss(batch_part(out2, labeled), target)
+        distill = self.distillation_loss(out1, out2)
+        total = sup1 + sup2 + self.distillation_weight * distill
+        return total, {"sup1": sup1.detach(), "sup2": sup2.detach(), "distill": distill.detach()}
