@@ -43,6 +43,9 @@ def main(argv=None) -> None:
         except RuntimeError as e:
             raise SSLConfigError(f"unknown dataset '{args.d}': {e}") from None
         folder = os.path.join(nnUNet_preprocessed, dataset_name)
+        if not os.path.isfile(os.path.join(folder, "dataset.json")):
+            raise SSLConfigError(f"unknown dataset '{args.d}': no {folder}/dataset.json. "
+                                 f"Run nnUNetv2_plan_and_preprocess -d {args.d} first.")
         file_ending = load_json(os.path.join(folder, "dataset.json"))["file_ending"]
         splits = make_ssl_splits(labeled_case_ids(folder, file_ending), args.num_labeled, args.fraction, args.seed,
                                  args.folds)

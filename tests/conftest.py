@@ -1,0 +1,128 @@
+"""Shared fixtures: one tiny synthetic dataset, planned and preprocessed (2d and 3d_fullres) once per session, and
+an ``nnUNet_extTrainer`` folder of short-schedule variants of every nnunet-ssl trainer (``<Trainer>_tiny``).
+
+The variants sit in a user's own ext folder on purpose: that also checks that nnunet-ssl's auto-registration keeps
+a user's ``nnUNet_extTrainer`` entries working.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TINY_TRAINERS = textwrap.dedent('''
+    """Short-schedule variants of every nnunet-ssl trainer, for the end-to-end tests."""
+    import os
+    import sys
+
+    import torch
+
+    import nnunet_ssl.trainers as trainers
+
+
+    def _short_init(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super(type(self), self).__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("NNUNET_SSL_TEST_EPOCHS", "1"))
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+        self.save_every = 1
+
+
+    def _crash_on_request(self):
+        """Ends the process like a crash after the epoch named in NNUNET_SSL_TEST_CRASH_AFTER_EPOCH."""
+        super(type(self), self).on_epoch_end()
+        if os.environ.get("NNUNET_SSL_TEST_CRASH_AFTER_EPOCH") == str(self.current_epoch - 1):
+            sys.exit(3)
+
+
+    def _no_mirroring(self):
+        """No mirroring, so that validation and prediction run without test-time augmentation (8x faster)."""
+        rotation, dummy_2d, initial_patch_size, _ = super(type(self), self).configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, None
+
+
+    for _name in trainers.__all__:
+        globals()[_name + "_tiny"] = type(_name + "_tiny", (getattr(trainers, _name),), {
+            "__init__": _short_init,
+            "configure_rotation_dummyDA_mirroring_and_inital_patch_size": _no_mirroring,
+            "on_epoch_end": _crash_on_request,
+            "__module__": __name__,
+        })
+''')
+
+
+def run_cli(args, env, timeout=600, check=True):
+    """Run a console command; on failure show its output in the assertion message."""
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}"
+                             f"\n--- stderr ---\n{result.stderr[-6000:]}")
+    return result
+
+
+def bin_path(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+@pytest.fixture(scope="session")
+def ssl_env(tmp_path_factory):
+    """Environment with nnU-Net folders holding Dataset990 planned and preprocessed for 2d and 3d_fullres,
+    its imagesUnlabeled preprocessed for both, and the tiny trainers on nnUNet_extTrainer."""
+    from nnunet_ssl.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    ext = root / "ext"
+    ext.mkdir()
+    (ext / "ssl_test_trainers.py").write_text(TINY_TRAINERS)
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(ext), nnUNet_n_proc_DA="2",
+               nnUNet_def_n_proc="1", nnUNet_compile="f", PYTHONWARNINGS="ignore")
+    make_dataset(env["nnUNet_raw"], dataset_id=990, num_labeled=6, num_unlabeled=4, num_test=2, shape=(16, 24, 20))
+    run_cli([bin_path("nnUNetv2_plan_and_preprocess"), "-d", "990", "-c", "2d", "3d_fullres", "-np", "2",
+             "--verify_dataset_integrity"], env)
+    run_cli([bin_path("nnunet_ssl_preprocess_unlabeled"), "-d", "990", "-c", "2d", "3d_fullres", "-np", "2"], env)
+    return env
+
+
+def clone_dataset(env, new_id: int, name: str) -> str:
+    """Copy the session's preprocessed Dataset990 (without its unlabeled folders) to a new id, for tests that
+    write their own splits_final.json. Returns the new dataset name."""
+    import json
+    import shutil
+
+    new_name = f"Dataset{new_id:03d}_{name}"
+    source = os.path.join(env["nnUNet_preprocessed"], "Dataset990_SSLDemo")
+    target = os.path.join(env["nnUNet_preprocessed"], new_name)
+    shutil.copytree(source, target, ignore=lambda folder, names: [n for n in names if n.endswith("_unlabeled")
+                                                                   or n == "splits_final.json"])
+    plans_file = os.path.join(target, "nnUNetPlans.json")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    plans["dataset_name"] = new_name
+    with open(plans_file, "w") as f:
+        json.dump(plans, f)
+    shutil.copytree(os.path.join(env["nnUNet_raw"], "Dataset990_SSLDemo"), os.path.join(env["nnUNet_raw"], new_name))
+    return new_name
+
+
+def make_trainer(env, monkeypatch, trainer_class, configuration="3d_fullres", fold=0,
+                 dataset="Dataset990_SSLDemo", plans_edit=None):
+    """A trainer instance built in this process, on CPU, as nnUNetv2_train would build it."""
+    import json
+
+    import torch
+
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
+        monkeypatch.setenv(var, env[var])
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    folder = os.path.join(env["nnUNet_preprocessed"], dataset)
+    with open(os.path.join(folder, "nnUNetPlans.json")) as f:
+        plans = json.load(f)
+    with open(os.path.join(folder, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    if plans_edit is not None:
+        plans_edit(plans)
+    plans["continue_training"] = False
+    return trainer_class(plans, configuration, fold, dataset_json, torch.device("cpu"))

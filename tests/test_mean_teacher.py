@@ -1,0 +1,13 @@
+import pytest
+import torch
+
+from e2e import train_resume_predict
+from nnunet_ssl.networks.containers import StudentTeacher
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_mean_teacher_trains_resumes_and_predicts(ssl_env, tmp_path, configuration):
+    checkpoint = train_resume_predict(ssl_env, "nnUNetTrainerMeanTeacher", configuration, tmp_path)
+    weights = checkpoint["network_weights"]
+    assert any(k.startswith("teacher.") for k in weights) and any(k.startswith("student.") for k in weights)
+    assert {"sup", "cons", "cons_weight"} <= set(checkpoint["logging"])

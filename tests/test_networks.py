@@ -1,0 +1,114 @@
+"""Network containers built from nnU-Net plans, -pretrained_weights into them, and the shared loss pieces."""
+import math
+
+import pytest
+import torch
+
+from nnunet_ssl.losses import sigmoid_rampup, softmax_mse
+from nnunet_ssl.networks.containers import SharedEncoderTwoDecoders, StudentTeacher, TwoNetworks
+from nnunet_ssl.networks.pretrained import load_pretrained_weights
+
+
+def small_unet(dim=2, residual=False, deep_supervision=True):
+    """A small nnU-Net U-Net built by nnU-Net's own factory from plans-style arguments."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    kwargs = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=f"torch.nn.Conv{dim}d",
+                  kernel_sizes=[[3] * dim] * 3, strides=[[1] * dim, [2] * dim, [2] * dim],
+                  n_conv_per_stage_decoder=[1, 1], conv_bias=True, norm_op=f"torch.nn.InstanceNorm{dim}d",
+                  norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
+                  nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True})
+    if residual:
+        kwargs["n_blocks_per_stage"] = [1, 1, 1]
+        name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    else:
+        kwargs["n_conv_per_stage"] = [1, 1, 1]
+        name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    return get_network_from_plans(name, kwargs, ["conv_op", "norm_op", "dropout_op", "nonlin"], 1, 3,
+                                  deep_supervision=deep_supervision)
+
+
+def containers(dim, residual):
+    return [TwoNetworks(small_unet(dim, residual), small_unet(dim, residual)),
+            SharedEncoderTwoDecoders(small_unet(dim, residual)),
+            StudentTeacher(small_unet(dim, residual))]
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("residual", [False, True])
+def test_training_returns_two_outputs_and_eval_one_logits_tensor(dim, residual):
+    x = torch.randn(2, 1, *([16] * dim))
+    for net in containers(dim, residual):
+        for module in net.modules():
+            if hasattr(module, "deep_supervision"):
+                module.deep_supervision = False
+        net.train()
+        out1, out2 = net(x, x) if isinstance(net, StudentTeacher) else net(x)
+        assert out1.shape == out2.shape == (2, 3, *([16] * dim))
+        net.eval()
+        with torch.no_grad():
+            assert net(x).shape == (2, 3, *([16] * dim))
+
+
+def test_second_decoder_shares_the_encoder_but_not_the_weights():
+    net = SharedEncoderTwoDecoders(small_unet())
+    assert net.decoder2.encoder is net.unet.encoder
+    assert not torch.equal(net.decoder2.stages[0].convs[0].conv.weight, net.unet.decoder.stages[0].convs[0].conv.weight)
+    assert not any(k.startswith("decoder2.encoder.") and k.replace("decoder2.", "unet.") not in net.state_dict()
+                   for k in net.state_dict())
+
+
+def test_mean_inference_averages_the_logits():
+    net = TwoNetworks(small_unet(deep_supervision=False), small_unet(deep_supervision=False), inference="mean").eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(net(x), (net.net1(x) + net.net2(x)) / 2)
+
+
+def test_teacher_is_an_exponential_moving_average_and_takes_no_gradient():
+    net = StudentTeacher(small_unet(deep_supervision=False))
+    assert not any(p.requires_grad for p in net.teacher.parameters())
+    student_weight = next(net.student.parameters())
+    teacher_weight = next(net.teacher.parameters())
+    before = teacher_weight.detach().clone()
+    with torch.no_grad():
+        student_weight.add_(1.0)
+    net.update_teacher(0.9)
+    assert torch.allclose(teacher_weight, 0.9 * before + 0.1 * (before + 1.0))
+    net.train()
+    x = torch.randn(2, 1, 16, 16)
+    student_out, teacher_out = net(x, x)
+    (student_out.sum() + teacher_out.sum()).backward()
+    assert student_weight.grad is not None and teacher_weight.grad is None
+
+
+def test_pretrained_supervised_checkpoint_initialises_every_unet_inside(tmp_path):
+    supervised = small_unet()
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": supervised.state_dict()}, path)
+    for net in containers(2, False):
+        load_pretrained_weights(net, str(path))
+        for unet in net.pretrainable_unets():
+            for key, value in unet.state_dict().items():
+                if ".seg_layers." not in key:  # nnU-Net never transfers the segmentation heads
+                    assert torch.equal(value, supervised.state_dict()[key]), key
+
+
+def test_pretrained_weights_for_a_plain_network_still_use_nnunets_checks(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"network_weights": small_unet(residual=True).state_dict()}, path)
+    with pytest.raises(AssertionError, match="missing in the pretrained model"):
+        load_pretrained_weights(small_unet(), str(path))
+
+
+def test_sigmoid_rampup_matches_hand_values():
+    assert sigmoid_rampup(0, 10) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(5, 10) == pytest.approx(math.exp(-5 * 0.25))
+    assert sigmoid_rampup(10, 10) == 1.0 and sigmoid_rampup(20, 10) == 1.0 and sigmoid_rampup(3, 0) == 1.0
+
+
+def test_softmax_mse_matches_hand_computation():
+    a = torch.tensor([[[0.0]], [[0.0]]]).reshape(1, 2, 1)  # softmax -> (0.5, 0.5)
+    b = torch.tensor([math.log(3.0), 0.0]).reshape(1, 2, 1)  # softmax -> (0.75, 0.25)
+    assert softmax_mse(a, b).item() == pytest.approx(0.25 ** 2)
+    assert softmax_mse(a, b, regions=True).item() == pytest.approx(((0.5 - 0.75) ** 2 + 0) / 2)
