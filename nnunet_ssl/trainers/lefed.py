@@ -1,0 +1,94 @@
+"""LeFeD (Zeng et al., "Discrepancy Matters: Learning from Inconsistent Decoder Features for Consistent
+Semi-supervised Medical Image Segmentation", 2023), following the released code (maxwell0027/LeFeD ``train.py``,
+``networks/my_net.py``) on nnU-Net's plans-built U-Net.
+
+One encoder and two differentiated decoders (:mod:`nnunet_ssl.networks.lefed`): decoder 1 is nnU-Net's decoder,
+decoder 2 upsamples by interpolation + conv and gates its skips with decoder 1's features. Each batch (nnU-Net's
+labeled patches + as many unlabeled ones, one concatenated forward) runs ``passes_per_batch`` passes, each
+forward -> loss -> backward -> optimizer step. The first pass has no feedback; every later pass adds
+``feedback_scale * (f2 - f1)`` of the previous pass's decoder features (detached) to the encoder's stage outputs.
+The loss of every pass is nnU-Net's supervised loss (Dice+CE, deep supervision) on the labeled part for both
+decoders, plus ``consistency_weight`` times the mean squared difference of the two decoders' probabilities over
+the whole batch. Prediction: decoder 1 without feedback, i.e. the plain nnU-Net U-Net inside.
+
+As the released code: 3 passes with an optimizer step each (so 3x nnU-Net's optimizer steps per epoch), feedback
+scale 1e-3 at every stage including the bottleneck (whose term is ``1e-3 * b * sigmoid(b)``), detached sigmoid
+gates, interpolation with ``align_corners=True``, consistency weight 1 without ramp-up, inference with decoder 1
+(its latest commit; ``inference_decoders = 'mean'`` averages both decoders' logits, the earlier behaviour).
+
+Our choices and deviations (nnU-Net conventions where the released code's V-Net differs):
+
+* backbone: nnU-Net's U-Net from the plans (PlainConvUNet / ResidualEncoderUNet, InstanceNorm, LeakyReLU,
+  concatenated skips, 5-7 stages) instead of a 5-level V-Net (BatchNorm, ReLU, added skips); no dropout (the code
+  uses 0.3 on the bottleneck and 0.5 before each output conv); decoder 1's transposed convs have no norm/ReLU;
+  decoder 2 has nnU-Net's conv stages; its upsampling conv uses the skip stage's kernel size (3 in the code);
+* features compared: the upsampled features before skip fusion, per decoder stage, matched to the encoder stage
+  of the skip they are fused with (as the code), generalised to any number of stages;
+* supervised loss: nnU-Net's Dice+CE with its deep supervision (heads on the fused stage outputs, weights 1, 1/2,
+  1/4, ...) for *both* decoders, instead of foreground Dice for both decoders plus weighted Dice deep supervision
+  (side convs on the pre-fusion features) for decoder 1 only;
+* consistency at full resolution (as the code), in float32, with sigmoids instead of softmax for region datasets;
+* optimizer, schedule and batch: nnU-Net's (SGD 1e-2, momentum 0.99, poly decay per epoch; the plans' batch of
+  labeled patches plus as many unlabeled) instead of SGD 0.01 / momentum 0.9 / wd 1e-4 / x0.1 every 2,500 batches
+  and 2 labeled + 2 unlabeled patches;
+* the feedback is kept in float32 under mixed precision.
+
+The logged terms (``sup1``, ``sup2``, ``cons``, ``discrepancy`` = mean |f2 - f1| over stages, unscaled) and the
+loss are means over the passes of a batch.
+"""
+import torch
+
+from nnunet_ssl.losses import batch_part, full_resolution, softmax_mse
+from nnunet_ssl.networks.lefed import LeFeDNetwork, feature_discrepancy
+from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+
+
+def decoder_consistency(out1, out2, regions: bool = False) -> torch.Tensor:
+    """LeFeD's consistency: mean squared difference of the two decoders' full-resolution probabilities, over all
+    samples, voxels and channels (no side is detached)."""
+    return softmax_mse(full_resolution(out1), full_resolution(out2), regions)
+
+
+class nnUNetTrainerLeFeD(nnUNetTrainerSSLBase):
+    #: alpha: scale of the decoder-feature discrepancy fed back to the encoder
+    feedback_scale = 1e-3
+    #: K: forward/backward/optimizer-step passes per batch; the first one without feedback
+    passes_per_batch = 3
+    consistency_weight = 1.0
+    #: 'first' (decoder 1, as the released code) or 'mean' (mean of both decoders' logits) for prediction
+    inference_decoders = "first"
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        unet = nnUNetTrainerSSLBase.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+        return LeFeDNetwork(unet, inference=cls.inference_decoders)
+
+    def lefed_pass(self, images, target, n_labeled: int, feedback):
+        """One forward and its loss. Returns ``(total, {term: value}, feedback for the next pass)``."""
+        out1, out2, features1, features2 = self.network(images, feedback)
+        labeled = slice(None, n_labeled)
+        sup1 = self.loss(batch_part(out1, labeled), target)
+        sup2 = self.loss(batch_part(out2, labeled), target)
+        cons = decoder_consistency(out1, out2, self.label_manager.has_regions)
+        differences = feature_discrepancy(features1, features2)
+        terms = {"sup1": sup1.detach(), "sup2": sup2.detach(), "cons": cons.detach(),
+                 "discrepancy": torch.stack([d.abs().mean() for d in differences]).mean()}
+        next_feedback = [self.feedback_scale * d for d in differences]
+        return sup1 + sup2 + self.consistency_weight * cons, terms, next_feedback
+
+    def train_step(self, batch: dict) -> dict:
+        """``passes_per_batch`` passes over the same batch, one optimizer step each; returns the mean loss and
+        terms over the passes."""
+        data, target = self.to_device(batch["data"]), self.to_device(batch["target"])
+        images = torch.cat((data, self.to_device(batch["unlabeled"]["data"])))
+        feedback, passes = None, []
+        for _ in range(self.passes_per_batch):
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss, terms, feedback = self.lefed_pass(images, target, data.shape[0], feedback)
+            self.optimizer_step(loss)
+            passes.append({"loss": loss.detach(), **terms})
+        self.step_in_epoch += 1
+        return {key: float(torch.stack([p[key].float() for p in passes]).mean()) for key in passes[0]}

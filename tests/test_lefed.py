@@ -1,0 +1,228 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+from e2e import train_resume_predict
+from nnunet_ssl.networks import pretrained
+from nnunet_ssl.networks.lefed import LeFeDNetwork, encode_with_feedback, feature_discrepancy
+from nnunet_ssl.trainers.lefed import decoder_consistency, nnUNetTrainerLeFeD
+
+ARCHITECTURES = ["PlainConvUNet", "ResidualEncoderUNet"]
+#: (input shape, 3-stage strides, kernel sizes): the 3D one anisotropic like nnU-Net's plans for thick slices
+GEOMETRIES = {
+    2: ((2, 1, 16, 16), [[1, 1], [2, 2], [2, 2]], [[3, 3]] * 3),
+    3: ((2, 1, 8, 16, 16), [[1, 1, 1], [2, 2, 2], [1, 2, 2]], [[3, 3, 3], [3, 3, 3], [1, 3, 3]]),
+}
+NUM_CLASSES = 3
+
+
+def configuration(architecture: str, dim: int) -> ConfigurationManager:
+    """A plans configuration with a small 3-stage U-Net of nnU-Net's layout."""
+    _, strides, kernels = GEOMETRIES[dim]
+    kwargs = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=f"torch.nn.modules.conv.Conv{dim}d",
+                  kernel_sizes=kernels, strides=strides, n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+                  norm_op=f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+                  norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
+                  nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True})
+    kwargs["n_conv_per_stage" if architecture == "PlainConvUNet" else "n_blocks_per_stage"] = [2, 1, 1]
+    return ConfigurationManager({"architecture": {
+        "network_class_name": f"dynamic_network_architectures.architectures.unet.{architecture}",
+        "arch_kwargs": kwargs, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+
+
+def build(architecture="PlainConvUNet", dim=2, deep_supervision=True, trainer=nnUNetTrainerLeFeD):
+    torch.manual_seed(0)
+    return trainer.build_network_architecture(None, configuration(architecture, dim), 1, NUM_CLASSES,
+                                              enable_deep_supervision=deep_supervision)
+
+
+def image(dim=2, seed=1):
+    return torch.randn(GEOMETRIES[dim][0], generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("dim", [2, 3])
+def test_network_from_plans_predicts_one_logits_tensor(architecture, dim):
+    net = build(architecture, dim, deep_supervision=False).eval()
+    x = image(dim)
+    with torch.no_grad():
+        out = net(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (x.shape[0], NUM_CLASSES, *x.shape[2:])
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("dim", [2, 3])
+def test_training_forward_gives_both_decoders_with_deep_supervision_and_skip_shaped_features(architecture, dim):
+    net = build(architecture, dim).train()
+    x = image(dim)
+    out1, out2, features1, features2 = net(x)
+    skips = net.unet.encoder(x)
+    assert [o.shape for o in out1] == [o.shape for o in out2]
+    assert len(out1) == 2 and out1[0].shape == (x.shape[0], NUM_CLASSES, *x.shape[2:])
+    assert [f.shape for f in features1] == [f.shape for f in features2] == [s.shape for s in skips]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_plain_unet_inside_is_a_vanilla_nnunet_and_loads_its_pretrained_weights(architecture, tmp_path):
+    cm = configuration(architecture, 3)
+    vanilla = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                     cm.network_arch_init_kwargs_req_import, 1, NUM_CLASSES, deep_supervision=False)
+    net = build(architecture, 3, deep_supervision=False)
+    keys = net.state_dict().keys()
+    assert {k[len("unet."):] for k in keys if k.startswith("unet.")} == set(vanilla.state_dict())
+    assert all(k.startswith(("unet.", "decoder2.")) for k in keys)
+    assert net.pretrainable_unets() == [net.unet]
+
+    checkpoint = tmp_path / "supervised.pth"
+    torch.save({"network_weights": vanilla.state_dict()}, checkpoint)
+    pretrained.load_pretrained_weights(net, str(checkpoint))
+    net.unet.decoder.seg_layers.load_state_dict(vanilla.decoder.seg_layers.state_dict())  # nnU-Net skips heads
+    x = image(3)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), vanilla.eval()(x))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_feedback_of_zeros_changes_nothing_and_feedback_changes_its_stage_exactly(architecture):
+    encoder = build(architecture, 3).unet.encoder
+    x = image(3)
+    with torch.no_grad():
+        plain = encoder(x)
+        assert all(torch.equal(a, b) for a, b in zip(encode_with_feedback(encoder, x), plain))
+        zeros = [torch.zeros_like(s) for s in plain]
+        assert all(torch.equal(a, b) for a, b in zip(encode_with_feedback(encoder, x, zeros), plain))
+        for k in range(len(plain)):
+            feedback = list(zeros)
+            feedback[k] = torch.randn_like(plain[k])
+            skips = encode_with_feedback(encoder, x, feedback)
+            assert all(torch.equal(skips[j], plain[j]) for j in range(k))
+            assert torch.allclose(skips[k], plain[k] + feedback[k], atol=1e-6)
+            assert all(not torch.allclose(skips[j], plain[j]) for j in range(k + 1, len(plain)))
+
+
+def test_decoder2_gates_use_decoder1_features():
+    net = build("ResidualEncoderUNet", 2).train()
+    x = image(2)
+    with torch.no_grad():
+        skips = net.unet.encoder(x)
+        _, out2, features1, features2 = net(x)
+        assert torch.allclose(features2[-1], skips[-1] * (1 + torch.sigmoid(skips[-1])))
+        assert torch.equal(features1[-1], skips[-1])
+        # decoder 1's transposed convs reach decoder 2 only through its gates
+        for transpconv in net.unet.decoder.transpconvs:
+            transpconv.weight.mul_(-3)
+        _, new_out2, new_features1, _ = net(x)
+        assert not torch.allclose(new_features1[0], features1[0])
+        assert not torch.allclose(new_out2[0], out2[0])
+        # the gates are exactly sigmoid(f1[k]) on skip k: pre-gated skips with open gates give the same output
+        open_gates = [torch.full_like(f, 50.0) for f in features1[:-1]] + [new_features1[-1]]
+        pre_gated = [s * torch.sigmoid(f) for s, f in zip(skips[:-1], new_features1[:-1])] + [skips[-1]]
+        assert torch.allclose(net.decoder2(pre_gated, open_gates)[0][0], new_out2[0], atol=1e-6)
+
+
+def test_gradients_reach_both_decoders_and_encoder_but_not_through_gates_or_feedback():
+    net = build("PlainConvUNet", 2).train()
+    x = image(2)
+    out1, out2, _, _ = net(x)
+    sum(o.mean() for o in out2).backward()
+    assert all(p.grad is not None for p in net.decoder2.parameters())
+    assert all(p.grad is not None for p in net.unet.encoder.parameters())
+    decoder1 = [p for name, p in net.unet.decoder.named_parameters() if not name.startswith("encoder.")]
+    assert decoder1 and all(p.grad is None for p in decoder1), "decoder 2's gates must be detached"
+
+    net.zero_grad(set_to_none=True)
+    first_input = x.clone().requires_grad_(True)
+    _, _, features1, features2 = net(first_input)
+    feedback = [1e-3 * d for d in feature_discrepancy(features1, features2)]
+    assert not any(f.requires_grad for f in feedback)
+    out1, out2, _, _ = net(x, feedback)
+    (sum(o.mean() for o in out1) + sum(o.mean() for o in out2)).backward()
+    assert first_input.grad is None, "gradient went through the feedback into the previous pass"
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_decoder_consistency_matches_hand_computation():
+    # sample 0: logits (ln 3, 0) -> softmax (0.75, 0.25) against (0.5, 0.5); sample 1 agrees
+    out1 = torch.zeros(2, 2, 2, 2)
+    out1[0, 0] = math.log(3)
+    out2 = torch.zeros(2, 2, 2, 2)
+    low_res = [torch.randn(2, 2, 1, 1), torch.randn(2, 2, 1, 1)]
+    # 8 of 16 values differ by 0.25 -> mean 8 * 0.0625 / 16
+    assert torch.isclose(decoder_consistency([out1, low_res[0]], [out2, low_res[1]]), torch.tensor(0.03125))
+    # regions: sigmoid(ln 3) = 0.75 against 0.5 on channel 0 of sample 0 only -> 4 of 16 values
+    assert torch.isclose(decoder_consistency(out1, out2, regions=True), torch.tensor(0.015625))
+
+
+def fake_trainer(net, passes=3):
+    """A LeFeD trainer with a tiny network and a loss that records which samples it supervises, without nnU-Net's
+    data / plans initialisation."""
+    trainer = nnUNetTrainerLeFeD.__new__(nnUNetTrainerLeFeD)
+    supervised_batches = []
+
+    def loss(output, target):
+        supervised_batches.append(output[0].shape[0])
+        return sum((o.float() - t).pow(2).mean() for o, t in zip(output, target))
+
+    trainer.__dict__.update(network=net, loss=loss, label_manager=SimpleNamespace(has_regions=False),
+                            device=torch.device("cpu"), grad_scaler=None, step_in_epoch=0, passes_per_batch=passes,
+                            optimizer=torch.optim.SGD(net.parameters(), lr=1e-2))
+    return trainer, supervised_batches
+
+
+def test_train_step_runs_k_passes_each_stepping_with_the_previous_pass_feedback():
+    net = build("PlainConvUNet", 2).train()
+    trainer, supervised_batches = fake_trainer(net)
+    calls = []
+    net.register_forward_hook(lambda module, args, output: calls.append((args, output)))
+    steps = []
+    trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: steps.append(1))
+    labeled, unlabeled = image(2, seed=2)[:1], image(2, seed=3)
+    target = [torch.rand(1, NUM_CLASSES, 16, 16), torch.rand(1, NUM_CLASSES, 8, 8)]
+    result = trainer.train_step({"data": labeled, "target": target, "unlabeled": {"data": unlabeled}})
+
+    assert len(calls) == 3 and len(steps) == 3 and trainer.step_in_epoch == 1
+    assert set(result) == {"loss", "sup1", "sup2", "cons", "discrepancy"}
+    assert supervised_batches == [1] * 6, "both decoders, labeled sample only, on every pass"
+    assert calls[0][0][0].shape[0] == 3 and calls[0][0][1] is None
+    for (_, (_, _, features1, features2)), ((_, feedback), _) in zip(calls[:-1], calls[1:]):
+        expected = [1e-3 * (f2 - f1) for f1, f2 in zip(features1, features2)]
+        assert len(feedback) == 3 and all(torch.allclose(e, f) for e, f in zip(expected, feedback))
+    assert result["discrepancy"] > 0
+
+
+def test_lefed_pass_total_is_both_supervised_terms_plus_weighted_consistency():
+    net = build("PlainConvUNet", 2).train()
+    trainer, _ = fake_trainer(net)
+    trainer.consistency_weight = 2.5
+    target = [torch.rand(1, NUM_CLASSES, 16, 16), torch.rand(1, NUM_CLASSES, 8, 8)]
+    total, terms, _ = trainer.lefed_pass(image(2), target, 1, None)
+    assert torch.isclose(total, terms["sup1"] + terms["sup2"] + 2.5 * terms["cons"])
+    total.backward()
+    assert all(p.grad is not None for p in net.parameters()), "every parameter must enter the loss (DDP)"
+
+
+def test_mean_inference_averages_both_decoders():
+    class MeanLeFeD(nnUNetTrainerLeFeD):
+        inference_decoders = "mean"
+
+    net = build(trainer=MeanLeFeD, deep_supervision=False)
+    x = image(2)
+    with torch.no_grad():
+        out1, out2, _, _ = net.train()(x)
+        assert torch.allclose(net.eval()(x), (out1 + out2) / 2, atol=1e-6)
+    assert isinstance(net, LeFeDNetwork)
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_lefed_trains_resumes_and_predicts(ssl_env, tmp_path, configuration):
+    checkpoint = train_resume_predict(ssl_env, "nnUNetTrainerLeFeD", configuration, tmp_path)
+    weights = checkpoint["network_weights"]
+    assert any(k.startswith("decoder2.upsamples.") for k in weights)
+    assert any(k.startswith("unet.decoder.transpconvs.") for k in weights)
+    logs = checkpoint["logging"]
+    assert {"sup1", "sup2", "cons", "discrepancy"} <= set(logs)
+    assert all(value > 0 for value in logs["discrepancy"])
