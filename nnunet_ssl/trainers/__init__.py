@@ -3,5 +3,6 @@ from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD
 from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT
 
 __all__ = sorted(name for name in dir() if name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSSLBase")

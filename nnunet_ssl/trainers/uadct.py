@@ -1,0 +1,202 @@
+"""UA-DCT, uncertainty-aware deep co-training (Zheng et al., "Uncertainty-Aware Deep Co-training for
+Semi-supervised Medical Image Segmentation", Computers in Biology and Medicine 149, 2022; arXiv 2111.11629).
+
+From the paper (only its abstract and overview figure could be read; no code was released): two complete
+segmentation networks are co-trained, and labeled and unlabeled batches go through both. Monte Carlo dropout gives
+an uncertainty map that guides the supervised loss on the labeled predictions. A second Monte Carlo dropout map
+guides a cross-model consistency loss between the two networks' predictions on the unlabeled images. The two
+losses are weighted "according to the characteristics" of supervised and unsupervised learning, and they are
+back-propagated jointly.
+
+Everything else is our reconstruction. Each item is a class attribute:
+
+* Networks: two nnU-Net U-Nets from the plans, initialised independently, trained with nnU-Net's one optimizer and
+  one backward of all terms. Channel dropout with p = 0.5 (``mc_dropout_rate``) sits on the last decoder feature
+  map, where UA-MT puts its decoder dropout (see :mod:`nnunet_ssl.networks.dropout`).
+* Uncertainty: ``mc_samples`` = 8 Monte Carlo dropout samples (UA-MT's T) per network. The training forward is
+  one of them, and the other T - 1 come from the head alone, without gradient, ``mc_chunk_size`` at a time.
+  ``u`` is the normalised predictive entropy of their mean, in [0, 1] (:func:`normalized_entropy`).
+* Supervised term, per network: nnU-Net's Dice+CE with deep supervision, with the voxel weight of the
+  full-resolution cross-entropy raised from 1 to ``1 + supervised_uncertainty_gain * u``, using the network's own
+  ``u`` on the labeled patches. Uncertain regions get more attention; Dice is unweighted.
+* Consistency term, per network: its full-resolution logits on the unlabeled patches against the other network's
+  Monte Carlo mean prediction, detached. With ``consistency_loss = 'ce'`` the target is the other network's hard
+  pseudo-label (argmax, or > 0.5 per region); with ``'mse'`` it is the other network's probabilities. The voxel
+  weight is ``exp(-consistency_uncertainty_decay * u)``, so uncertain pseudo-labels count less. By default
+  (``consistency_uncertainty = 'joint'``) ``u`` comes from both networks' samples pooled, one map as in the
+  figure; with ``'target'`` each term uses the map of the network that gives the target.
+* Total: ``sup_1 + sup_2 + consistency_weight * rampup * (cons_1 + cons_2)``. ``consistency_weight`` = 1, the
+  scale of a cross-entropy pseudo-label term (CPS); the field's 0.1 belongs to MSE terms. ``rampup`` is the field's
+  sigmoid ramp over ``rampup_fraction`` of training.
+* Inference: network 1, or the mean of both with ``inference = 'mean'``.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.losses import batch_part, full_resolution, probabilities
+from nnunet_ssl.networks.containers import TwoNetworks
+from nnunet_ssl.networks.dropout import add_head_dropout, head_dropout_samples, take_head_input
+from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+
+
+def normalized_entropy(mean_probabilities: torch.Tensor, regions: bool) -> torch.Tensor:
+    """Per-voxel predictive entropy of Monte Carlo mean probabilities, normalised to [0, 1], shape (B, 1, ...).
+    For softmax outputs it is ``H(mean) / log C`` over the C classes. For region (sigmoid) channels it is the mean
+    over channels of the binary entropy divided by log 2. It is 0 for confident samples that agree and 1 for a
+    uniform mean."""
+    p = mean_probabilities.float()
+    if regions:
+        binary = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / math.log(2)
+        return binary.mean(1, keepdim=True).clamp(0, 1)
+    return (-torch.special.xlogy(p, p).sum(1, keepdim=True) / math.log(p.shape[1])).clamp(0, 1)
+
+
+def uncertainty_downweight(uncertainty: torch.Tensor, decay: float) -> torch.Tensor:
+    """Consistency voxel weight ``exp(-decay * u)``: 1 where certain, ``exp(-decay)`` where u = 1."""
+    return torch.exp(-decay * uncertainty)
+
+
+def _voxel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, regions: bool) -> torch.Tensor:
+    """Cross-entropy per voxel, shape (B, 1, ...), float32. ``labels`` holds class indices (B, ...) for softmax,
+    or 0/1 per region channel (B, R, ...); the binary cross-entropy is averaged over the region channels."""
+    logits = logits.float()
+    if regions:
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(1, keepdim=True)
+    return F.cross_entropy(logits, labels.long(), reduction="none").unsqueeze(1)
+
+
+def uncertainty_weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, regions: bool,
+                            ignore_label=None) -> torch.Tensor:
+    """Mean of ``weight * cross-entropy`` over the labeled voxels. ``target`` is nnU-Net's: label map (B, 1, ...)
+    for softmax, one-hot regions for sigmoid, with the ignore flag as last channel when the dataset has an ignore
+    label."""
+    if ignore_label is None:
+        labels, labeled = (target if regions else target[:, 0]), torch.ones_like(target[:, :1], dtype=torch.float)
+    elif regions:
+        labels, labeled = target[:, :-1], 1 - target[:, -1:].float()
+    else:
+        labels, labeled = torch.where(target != ignore_label, target, 0)[:, 0], (target != ignore_label).float()
+    ce = _voxel_cross_entropy(logits, labels, regions)
+    return (weight * ce * labeled).sum() / labeled.sum().clamp_min(1)
+
+
+def uncertainty_supervised_loss(nnunet_loss, output, target, uncertainty: torch.Tensor, gain: float, regions: bool,
+                                ignore_label=None) -> torch.Tensor:
+    """nnU-Net's supervised loss (Dice+CE or Dice+BCE, with or without its deep-supervision wrapper) with the voxel
+    weight of the full-resolution cross-entropy raised from 1 to ``1 + gain * u``. It is nnU-Net's loss plus the
+    ``gain * u``-weighted cross-entropy, scaled by the weight nnU-Net gives its full-resolution CE."""
+    deep_supervision = isinstance(nnunet_loss, DeepSupervisionWrapper)
+    compound = nnunet_loss.loss if deep_supervision else nnunet_loss
+    ce_weight = (nnunet_loss.weight_factors[0] if deep_supervision else 1.0) * compound.weight_ce
+    extra = uncertainty_weighted_ce(full_resolution(output), full_resolution(target), gain * uncertainty, regions,
+                                    ignore_label)
+    return nnunet_loss(output, target) + ce_weight * extra
+
+
+def pseudo_label_ce(logits: torch.Tensor, target_probabilities: torch.Tensor, weight: torch.Tensor,
+                    regions: bool) -> torch.Tensor:
+    """Mean over voxels of ``weight * CE(logits, hard pseudo-label)``. The pseudo-label is the argmax class of
+    ``target_probabilities``, or ``> 0.5`` per region channel."""
+    labels = target_probabilities > 0.5 if regions else target_probabilities.argmax(1)
+    return (weight * _voxel_cross_entropy(logits, labels, regions)).mean()
+
+
+def probability_mse(logits: torch.Tensor, target_probabilities: torch.Tensor, weight: torch.Tensor,
+                    regions: bool) -> torch.Tensor:
+    """Mean over voxels of ``weight *`` the channel mean of ``(probabilities(logits) - target)^2``."""
+    squared = (probabilities(logits, regions) - target_probabilities.float()) ** 2
+    return (weight * squared.mean(1, keepdim=True)).mean()
+
+
+CONSISTENCY_LOSSES = {"ce": pseudo_label_ce, "mse": probability_mse}
+CONSISTENCY_UNCERTAINTIES = ("joint", "target")
+
+
+class nnUNetTrainerUADCT(nnUNetTrainerSSLBase):
+    #: channel-dropout probability on the last decoder features (UA-MT's decoder dropout)
+    mc_dropout_rate = 0.5
+    #: Monte Carlo samples per network and step, the training forward included (UA-MT's T)
+    mc_samples = 8
+    #: Monte Carlo samples per batched head call (memory bound)
+    mc_chunk_size = 4
+    #: labeled full-resolution CE voxel weight 1 + gain * u
+    supervised_uncertainty_gain = 1.0
+    #: unlabeled consistency voxel weight exp(-decay * u)
+    consistency_uncertainty_decay = 1.0
+    #: 'ce' (hard pseudo-label of the other network) or 'mse' (its probabilities)
+    consistency_loss = "ce"
+    #: 'joint' (entropy of both networks' pooled samples) or 'target' (of the network that gives the target)
+    consistency_uncertainty = "joint"
+    #: maximum consistency weight, reached by the sigmoid ramp-up
+    consistency_weight = 1.0
+    #: 'first' (network 1) or 'mean' (mean of both networks' logits) for validation and prediction
+    inference = "first"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.mc_samples < 1 or self.mc_chunk_size < 1:
+            raise SSLConfigError(f"mc_samples and mc_chunk_size must be >= 1, got {self.mc_samples} and "
+                                 f"{self.mc_chunk_size}")
+        if self.consistency_loss not in CONSISTENCY_LOSSES:
+            raise SSLConfigError(f"consistency_loss must be one of {sorted(CONSISTENCY_LOSSES)}, "
+                                 f"got {self.consistency_loss!r}")
+        if self.consistency_uncertainty not in CONSISTENCY_UNCERTAINTIES:
+            raise SSLConfigError(f"consistency_uncertainty must be one of {CONSISTENCY_UNCERTAINTIES}, "
+                                 f"got {self.consistency_uncertainty!r}")
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        unets = [add_head_dropout(nnUNetTrainerSSLBase.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision),
+            cls.mc_dropout_rate) for _ in range(2)]
+        return TwoNetworks(*unets, inference=cls.inference)
+
+    def mc_mean_probabilities(self, unet, logits: torch.Tensor) -> torch.Tensor:
+        """Mean probabilities over ``mc_samples`` dropout samples of ``unet``, without gradient: the training
+        forward's full-resolution ``logits`` and ``mc_samples - 1`` samples of the head on that forward's input."""
+        regions = self.label_manager.has_regions
+        total = probabilities(logits.detach(), regions)
+        for chunk in head_dropout_samples(unet, take_head_input(unet), self.mc_samples - 1, self.mc_chunk_size):
+            total += probabilities(chunk, regions).unflatten(0, (-1, logits.shape[0])).sum(0)
+        return total / self.mc_samples
+
+    def losses(self, data, target, data_unlabeled):
+        """``(supervised, consistency, terms to log)`` for one step, before weighting, with their graphs: one
+        training forward of both networks over the labeled and unlabeled patches, plus the Monte Carlo samples."""
+        regions, ignore_label = self.label_manager.has_regions, self.label_manager.ignore_label
+        labeled, unlabeled = slice(None, data.shape[0]), slice(data.shape[0], None)
+        outputs = self.network(torch.cat((data, data_unlabeled)))
+        unets = (self.network_module.net1, self.network_module.net2)
+        means = [self.mc_mean_probabilities(unet, full_resolution(out)) for unet, out in zip(unets, outputs)]
+
+        sup_uncertainties = [normalized_entropy(mean[labeled], regions) for mean in means]
+        sup = sum(uncertainty_supervised_loss(self.loss, batch_part(out, labeled), target, u,
+                                              self.supervised_uncertainty_gain, regions, ignore_label)
+                  for out, u in zip(outputs, sup_uncertainties))
+
+        targets = (means[1][unlabeled], means[0][unlabeled])  # each network learns from the other
+        if self.consistency_uncertainty == "joint":
+            joint = normalized_entropy((targets[0] + targets[1]) / 2, regions)
+            cons_uncertainties = (joint, joint)
+        else:
+            cons_uncertainties = tuple(normalized_entropy(t, regions) for t in targets)
+        consistency = CONSISTENCY_LOSSES[self.consistency_loss]
+        cons = sum(consistency(full_resolution(out)[unlabeled], t,
+                               uncertainty_downweight(u, self.consistency_uncertainty_decay), regions)
+                   for out, t, u in zip(outputs, targets, cons_uncertainties))
+
+        terms = {"uncertainty_labeled": torch.stack([u.mean() for u in sup_uncertainties]).mean(),
+                 "uncertainty_unlabeled": torch.stack([u.mean() for u in cons_uncertainties]).mean()}
+        return sup, cons, terms
+
+    def compute_loss(self, data, target, data_unlabeled, batch):
+        sup, cons, terms = self.losses(data, target, data_unlabeled)
+        weight = self.consistency_weight * self.rampup()
+        return sup + weight * cons, {"sup": sup.detach(), "cons": cons.detach(), "cons_weight": torch.tensor(weight),
+                                     **terms}

@@ -1,0 +1,338 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from e2e import train_resume_predict
+from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.networks import pretrained
+from nnunet_ssl.networks.containers import TwoNetworks
+from nnunet_ssl.networks.dropout import (add_head_dropout, full_resolution_head, head_dropout_samples,
+                                         take_head_input)
+from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.uadct import (nnUNetTrainerUADCT, normalized_entropy, probability_mse, pseudo_label_ce,
+                                       uncertainty_downweight, uncertainty_supervised_loss, uncertainty_weighted_ce)
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+LN2, LN3 = math.log(2), math.log(3)
+UNET_CLASSES = {"plain": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "residual": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"}
+
+
+def tiny_configuration(dim=2, architecture="plain"):
+    blocks = "n_conv_per_stage" if architecture == "plain" else "n_blocks_per_stage"
+    kwargs = {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": f"torch.nn.Conv{dim}d",
+              "kernel_sizes": [[3] * dim] * 3, "strides": [[1] * dim, [2] * dim, [2] * dim], blocks: [1, 1, 1],
+              "n_conv_per_stage_decoder": [1, 1], "conv_bias": True, "norm_op": f"torch.nn.InstanceNorm{dim}d",
+              "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    return ConfigurationManager({"architecture": {"network_class_name": UNET_CLASSES[architecture],
+                                                  "arch_kwargs": kwargs,
+                                                  "_kw_requires_import": ["conv_op", "norm_op", "dropout_op",
+                                                                          "nonlin"]}})
+
+
+def build(cls=nnUNetTrainerUADCT, dim=2, architecture="plain", classes=3):
+    return cls.build_network_architecture(None, tiny_configuration(dim, architecture), 1, classes, True)
+
+
+def plain_unet(dim=2, architecture="plain", classes=3):
+    return nnUNetTrainerSSLBase.build_network_architecture(None, tiny_configuration(dim, architecture), 1, classes,
+                                                          True)
+
+
+def stub_trainer(network, cls=nnUNetTrainerUADCT, regions=False, epoch=0):
+    """The trainer's own methods on a tiny network, without nnU-Net's dataset machinery."""
+    trainer = cls.__new__(cls)
+    trainer.network = network
+    trainer.label_manager = SimpleNamespace(has_regions=regions, ignore_label=None)
+    dice_ce = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                             weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+    trainer.loss = DeepSupervisionWrapper(dice_ce, [1.0, 0.0])  # nnU-Net's weights for two outputs
+    trainer.current_epoch, trainer.num_epochs, trainer.step_in_epoch, trainer.num_iterations_per_epoch = epoch, 10, 0, 2
+    return trainer
+
+
+# ---- uncertainty ------------------------------------------------------------------------------------------------
+def mean_of(*samples):
+    return torch.stack([torch.tensor(s, dtype=torch.float).view(1, -1, 1, 1) for s in samples]).mean(0)
+
+
+def test_normalized_entropy_is_zero_for_agreeing_confident_samples_and_rises_with_disagreement():
+    agree = mean_of([0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0])
+    split_two = mean_of([1, 0, 0, 0], [0, 1, 0, 0])
+    split_four = mean_of([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1])
+    assert normalized_entropy(agree, False).item() == 0.0
+    assert normalized_entropy(split_two, False).item() == pytest.approx(LN2 / math.log(4))  # 0.5
+    assert normalized_entropy(split_four, False).item() == pytest.approx(1.0)
+    # identical soft samples keep their own (aleatoric) entropy: H(0.5, 0.25, 0.25) / log 3
+    soft = mean_of([0.5, 0.25, 0.25], [0.5, 0.25, 0.25])
+    assert normalized_entropy(soft, False).item() == pytest.approx(1.5 * LN2 / LN3)
+    # regions: mean binary entropy over channels / log 2; channel 0 split 50/50, channel 1 agreeing
+    regions = mean_of([1, 1], [0, 1])
+    assert normalized_entropy(regions, True).item() == pytest.approx(0.5)
+    assert normalized_entropy(regions, True).shape == (1, 1, 1, 1)
+
+
+def mc_uncertainty(rate, head_weight_scale=1.0, head_bias=None):
+    """Monte Carlo mean probabilities (T = 8) of a fresh tiny U-Net with the given head dropout rate, and the
+    logits of its training forward."""
+    torch.manual_seed(1)
+    unet = add_head_dropout(plain_unet(), rate).train()
+    head = full_resolution_head(unet)
+    with torch.no_grad():
+        head.weight.mul_(head_weight_scale)
+        if head_bias is not None:
+            head.bias.copy_(torch.tensor(head_bias))
+    logits = unet(torch.randn(2, 1, 16, 16))[0]
+    return stub_trainer(unet).mc_mean_probabilities(unet, logits), logits
+
+
+def test_mc_uncertainty_is_zero_for_identical_confident_passes_and_rises_with_dropout():
+    # without dropout noise the T passes are identical: their mean is the single pass
+    mean, logits = mc_uncertainty(0.0)
+    assert torch.allclose(mean, torch.softmax(logits, 1), atol=1e-6)
+    # identical confident passes: a head that ignores the (dropped) features and always says class 0
+    mean, _ = mc_uncertainty(0.5, head_weight_scale=0.0, head_bias=[30.0, 0.0, 0.0])
+    assert normalized_entropy(mean, False).max().item() < 1e-9
+    # confident single passes (large head weights) that dropout makes disagree
+    uncertainty = [normalized_entropy(mc_uncertainty(rate, 200.0)[0], False).mean().item()
+                   for rate in (0.0, 0.25, 0.5, 0.75)]
+    assert uncertainty == sorted(uncertainty) and uncertainty[-1] > uncertainty[0] + 0.5
+
+
+class FixedChannelMask(nn.Module):
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x):
+        return x * self.mask
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_head_samples_equal_full_forward_passes_with_the_same_mask(dim):
+    torch.manual_seed(0)
+    unet = add_head_dropout(plain_unet(dim), 0.5).train()
+    head = full_resolution_head(unet)
+    head.mc_dropout.dropout = FixedChannelMask(torch.tensor([1.0, 0.0, 2.0, 0.0]).view(1, 4, *[1] * dim))
+    x = torch.randn(2, 1, *[8] * dim)
+    full_pass = unet(x)[0]
+    chunks = list(head_dropout_samples(unet, take_head_input(unet), samples=7, chunk_size=3))
+    assert [c.shape[0] for c in chunks] == [6, 6, 2]  # 3 + 3 + 1 samples of a batch of 2
+    for chunk in chunks:
+        for sample in chunk.unflatten(0, (-1, 2)):
+            assert torch.allclose(sample, full_pass, atol=1e-6)
+
+
+def test_mc_samples_carry_no_gradient():
+    unet = add_head_dropout(plain_unet(), 0.5).train()
+    output = unet(torch.randn(2, 1, 8, 8))[0]
+    assert output.requires_grad
+    head_input = full_resolution_head(unet).mc_dropout.head_input
+    assert head_input.requires_grad
+    assert not take_head_input(unet).requires_grad
+    # even from a head input that needs a gradient, the samples are built without a graph
+    samples = next(head_dropout_samples(unet, head_input, samples=2, chunk_size=2))
+    assert not samples.requires_grad and samples.grad_fn is None
+    with pytest.raises(RuntimeError, match="no training-mode forward"):
+        take_head_input(unet)  # forgotten after use
+    with pytest.raises(RuntimeError, match="training mode"):
+        next(head_dropout_samples(unet.eval(), head_input, 1, 1))
+
+
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    network = build()
+    x = torch.randn(2, 1, 16, 16)
+    network.train()
+    assert not torch.equal(network(x)[0][0], network(x)[0][0])
+    take_head_input(network.net1)
+    network.eval()
+    with torch.no_grad():
+        first, second = network(x), network(x)
+    assert torch.equal(first[0], second[0])
+    assert full_resolution_head(network.net1).mc_dropout.head_input is None  # eval keeps nothing
+    plain = plain_unet().eval()
+    plain.load_state_dict(network.net1.state_dict())
+    with torch.no_grad():
+        assert torch.equal(plain(x)[0], first[0])
+
+
+# ---- networks and checkpoints ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("architecture", ["plain", "residual"])
+def test_state_dict_keys_are_nnunets_and_pretrained_weights_load_into_both_networks(tmp_path, architecture):
+    torch.manual_seed(0)
+    network = build(architecture=architecture, dim=3)
+    plain = plain_unet(architecture=architecture, dim=3)
+    plain_keys = set(plain.state_dict())
+    assert set(network.state_dict()) == {f"net{i}.{k}" for i in (1, 2) for k in plain_keys}
+    assert not torch.equal(next(network.net1.parameters()), next(network.net2.parameters()))  # own initialisation
+
+    checkpoint = tmp_path / "supervised.pth"
+    torch.save({"network_weights": plain.state_dict()}, checkpoint)
+    pretrained.load_pretrained_weights(network, str(checkpoint))
+    for unet in (network.net1, network.net2):
+        for key, value in unet.state_dict().items():
+            if ".seg_layers." not in key:
+                assert torch.equal(value, plain.state_dict()[key]), key
+        plain.load_state_dict(unet.state_dict())  # strict: a UA-DCT network exports to a plain nnU-Net
+
+
+def test_inference_uses_network_one_or_the_mean():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16)
+    first = build().eval()
+    mean = type("UADCTMean", (nnUNetTrainerUADCT,), {"inference": "mean"})
+    averaged = build(cls=mean).eval()
+    averaged.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        assert torch.equal(first(x)[0], first.net1(x)[0])
+        assert torch.allclose(averaged(x)[0], (first.net1(x)[0] + first.net2(x)[0]) / 2)
+    assert isinstance(first, TwoNetworks)
+
+
+# ---- losses -----------------------------------------------------------------------------------------------------
+def test_consistency_weight_is_exp_of_minus_uncertainty():
+    u = torch.tensor([0.0, 0.5, 1.0])
+    assert uncertainty_downweight(u, 1.0).tolist() == pytest.approx([1.0, math.exp(-0.5), math.exp(-1)])
+    assert uncertainty_downweight(u, 2.0).tolist() == pytest.approx([1.0, math.exp(-1), math.exp(-2)])
+
+
+def two_voxels(a, b):
+    """Logits of two voxels (B=1, C, 2, 1) from per-voxel channel lists."""
+    return torch.tensor([a, b], dtype=torch.float).T.reshape(1, -1, 2, 1)
+
+
+def test_uncertainty_weighted_ce_hand_values():
+    logits = two_voxels([0.0, 0.0], [LN3, 0.0])  # p(target) = 1/2 and 1/4: CE = ln 2 and ln 4
+    target = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)
+    weight = torch.tensor([1.0, 2.0]).view(1, 1, 2, 1)
+    assert uncertainty_weighted_ce(logits, target, weight, False).item() == pytest.approx((LN2 + 2 * 2 * LN2) / 2)
+    ignored = torch.tensor([0.0, 5.0]).view(1, 1, 2, 1)  # voxel 2 carries the ignore label 5
+    assert uncertainty_weighted_ce(logits, ignored, weight, False, ignore_label=5).item() == pytest.approx(LN2)
+    # regions: BCE averaged over channels; voxel 1: targets (1, 0), logits (0, 0); voxel 2: targets (1, 1)
+    region_target = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(1, 2, 2, 1)
+    bce_voxel2 = (math.log(4 / 3) + LN2) / 2
+    assert uncertainty_weighted_ce(logits, region_target, weight, True).item() == pytest.approx(
+        (LN2 + 2 * bce_voxel2) / 2)
+    with_ignore_channel = torch.cat([region_target, torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)], 1)
+    assert uncertainty_weighted_ce(logits, with_ignore_channel, weight, True, ignore_label=3).item() == \
+        pytest.approx(LN2)
+
+
+def test_supervised_loss_is_nnunets_with_full_resolution_ce_weighted_one_plus_gain_u():
+    logits = two_voxels([0.0, 0.0], [LN3, 0.0])
+    target = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)
+    low_logits, low_target = torch.tensor([[[[0.0]], [[LN3]]]]), torch.tensor([[[[1.0]]]])  # CE = ln(4/3)
+    ce_only = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False,
+                                                     "ddp": False}, {}, weight_ce=1, weight_dice=0,
+                                                    dice_class=MemoryEfficientSoftDiceLoss), [2 / 3, 1 / 3])
+    u = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)
+    loss = uncertainty_supervised_loss(ce_only, [logits, low_logits], [target, low_target], u, gain=1.0,
+                                       regions=False)
+    full_resolution_ce = (1 * LN2 + (1 + 1.0) * 2 * LN2) / 2  # voxel weights 1 + u
+    assert loss.item() == pytest.approx(2 / 3 * full_resolution_ce + 1 / 3 * math.log(4 / 3))
+    loss = uncertainty_supervised_loss(ce_only, [logits, low_logits], [target, low_target], u, gain=0.5,
+                                       regions=False)
+    assert loss.item() == pytest.approx(2 / 3 * (LN2 + 1.5 * 2 * LN2) / 2 + 1 / 3 * math.log(4 / 3))
+    # with u = 0 it is nnU-Net's loss, Dice included
+    dice_ce = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                             dice_class=MemoryEfficientSoftDiceLoss)
+    assert uncertainty_supervised_loss(dice_ce, logits, target, torch.zeros_like(u), 1.0, False).item() == \
+        pytest.approx(dice_ce(logits, target).item())
+
+
+def test_consistency_losses_hand_values():
+    logits = two_voxels([0.0, 0.0], [LN3, 0.0])
+    other = two_voxels([0.2, 0.8], [0.6, 0.4])  # pseudo-labels 1 and 0
+    weight = torch.tensor([1.0, 0.5]).view(1, 1, 2, 1)
+    assert pseudo_label_ce(logits, other, weight, False).item() == pytest.approx((LN2 + 0.5 * math.log(4 / 3)) / 2)
+    # mse: probabilities (1/2, 1/2) and (3/4, 1/4) against the other network's
+    mse = ((0.3 ** 2 + 0.3 ** 2) / 2 + 0.5 * (0.15 ** 2 + 0.15 ** 2) / 2) / 2
+    assert probability_mse(logits, other, weight, False).item() == pytest.approx(mse)
+    # regions: a region's pseudo-label is other > 0.5; voxel 1: labels (0, 1) vs logits (0, 0), BCE ln 2 each;
+    # voxel 2: labels (1, 0) vs logits (ln 3, 0), BCE ln(4/3) and ln 2
+    assert pseudo_label_ce(logits, other, weight, True).item() == pytest.approx(
+        (LN2 + 0.5 * (math.log(4 / 3) + LN2) / 2) / 2)
+
+
+# ---- the training step ------------------------------------------------------------------------------------------
+def step_inputs(classes=3):
+    torch.manual_seed(0)
+    data, unlabeled = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16)
+    labels = torch.randint(0, classes, (2, 1, 16, 16)).float()
+    return data, [labels, labels[:, :, ::2, ::2]], unlabeled
+
+
+def gradient_norms(network):
+    return [sum(p.grad.abs().sum().item() for p in unet.parameters() if p.grad is not None)
+            for unet in (network.net1, network.net2)]
+
+
+@pytest.mark.parametrize("consistency_loss,consistency_uncertainty", [("ce", "joint"), ("mse", "target")])
+def test_both_terms_reach_both_networks_and_combine_with_the_rampup(consistency_loss, consistency_uncertainty):
+    cls = type("UADCTVariant", (nnUNetTrainerUADCT,), {"consistency_loss": consistency_loss,
+                                                       "consistency_uncertainty": consistency_uncertainty})
+    torch.manual_seed(0)
+    network = build(cls=cls).train()
+    trainer = stub_trainer(network, cls, epoch=5)
+    data, target, unlabeled = step_inputs()
+    for term in (0, 1):  # supervised, consistency
+        network.zero_grad(set_to_none=True)
+        trainer.losses(data, target, unlabeled)[term].backward()
+        assert all(norm > 0 for norm in gradient_norms(network)), f"term {term}: {gradient_norms(network)}"
+
+    torch.manual_seed(3)
+    sup, cons, terms = trainer.losses(data, target, unlabeled)
+    torch.manual_seed(3)
+    total, logged = trainer.compute_loss(data, target, unlabeled, batch={})
+    rampup = math.exp(-5 * (1 - 0.5) ** 2)  # epoch 5 of 10, ramp over the whole training
+    assert logged["cons_weight"].item() == pytest.approx(rampup)
+    assert total.item() == pytest.approx(sup.item() + rampup * cons.item(), rel=1e-5)
+    assert 0 < terms["uncertainty_labeled"].item() <= 1 and 0 < terms["uncertainty_unlabeled"].item() <= 1
+    assert {"sup", "cons", "cons_weight", "uncertainty_labeled", "uncertainty_unlabeled"} == set(logged)
+
+
+def test_compiled_unet_keeps_its_head_input():
+    """nnU-Net compiles the network on CUDA: the hook must work inside one compiled graph."""
+    torch.manual_seed(0)
+    unet = add_head_dropout(plain_unet(), 0.5).train()
+    x = torch.randn(2, 1, 16, 16)
+    torch.manual_seed(5)
+    output = torch.compile(unet, backend="eager", fullgraph=True)(x)[0]
+    head_input = take_head_input(unet)
+    assert head_input.shape == (2, 4, 16, 16)
+    torch.manual_seed(5)  # the dropout mask is the forward's first random draw
+    head = full_resolution_head(unet)
+    assert torch.allclose(head.forward(head.mc_dropout.dropout(head_input)), output, atol=1e-6)
+    assert not torch.allclose(head.forward(head_input), output, atol=1e-3)
+
+
+@pytest.mark.parametrize("attributes", [{"consistency_loss": "kl"}, {"consistency_uncertainty": "teacher"},
+                                        {"mc_samples": 0}])
+def test_unknown_choices_are_refused_when_the_trainer_is_made(monkeypatch, attributes):
+    monkeypatch.setattr(nnUNetTrainerSSLBase, "__init__", lambda self, *args, **kwargs: None)
+    variant = type("UADCTVariant", (nnUNetTrainerUADCT,), attributes)
+    nnUNetTrainerUADCT({}, "2d", 0, {}, torch.device("cpu"))  # the defaults are valid
+    with pytest.raises(SSLConfigError, match=next(iter(attributes))):
+        variant({}, "2d", 0, {}, torch.device("cpu"))
+
+
+# ---- end to end -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_uadct_trains_resumes_and_predicts(ssl_env, tmp_path, configuration):
+    checkpoint = train_resume_predict(ssl_env, "nnUNetTrainerUADCT", configuration, tmp_path)
+    weights = checkpoint["network_weights"]
+    net1 = {k[len("net1."):]: v for k, v in weights.items() if k.startswith("net1.")}
+    net2 = {k[len("net2."):]: v for k, v in weights.items() if k.startswith("net2.")}
+    assert net1 and net1.keys() == net2.keys() and len(net1) + len(net2) == len(weights)
+    assert any(not torch.equal(net1[k], net2[k]) for k in net1)
+    logging = checkpoint["logging"]
+    assert {"sup", "cons", "cons_weight", "uncertainty_labeled", "uncertainty_unlabeled"} <= set(logging)
+    assert all(0 <= u <= 1 for u in logging["uncertainty_unlabeled"])
