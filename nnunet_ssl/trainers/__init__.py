@@ -1,5 +1,6 @@
 """All nnunet-ssl trainers. nnU-Net finds every name in ``__all__`` by class name through ``nnunet_ssl/_ext``."""
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD
 from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher

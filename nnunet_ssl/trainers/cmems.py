@@ -1,0 +1,209 @@
+"""CMEMS: Cross-model Mutual learning for Exemplar-based Medical image Segmentation (En & Guo, AISTATS 2024,
+arXiv 2404.11812), reconstructed: no code was released and only the abstract could be read.
+
+Setting: one annotated case (the exemplar; more also work) and unlabeled cases. Two U-Nets of the same structure
+(nnU-Net's, from the plans, independently initialised) learn from each other:
+
+* supervised: each network on the exemplar patches, nnU-Net's Dice+CE with deep supervision;
+* synthetic data: exemplar content pasted into unlabeled patches, supervised like labeled data (below);
+* cross-model image perturbation: each network's confident pseudo-labels on the weak view of an unlabeled patch
+  supervise the other network's prediction on the strong view of it;
+* cross-model multi-level feature perturbation: the same pseudo-labels supervise the other network's predictions
+  decoded from perturbed features of the weak view at every resolution.
+
+Pseudo-labels carry no gradient; the weak-view predictions are used only to make them.
+
+Our choices where the paper is unknown (all class attributes):
+
+* weak view = nnU-Net's training augmentation of the unlabeled patch, as for the labeled patches; strong view = the
+  weak view plus strong intensity perturbations (:class:`~nnunet_ssl.data.strong_views.StrongIntensity`) and,
+  with probability 0.5, a CutMix box from the previous unlabeled patch of the batch (UniMatch's ``cutmix_box``: volume
+  fraction 0.02-0.4, here with equal relative sides), the pseudo-labels mixed with the same box. With one
+  unlabeled patch per step the CutMix is a no-op;
+* pseudo-labels: argmax (regions: p > 0.5), used where the confidence (max probability; regions: every region's
+  max(p, 1-p)) reaches 0.95 (FixMatch/UniMatch); the rest is ignored. Pseudo-label terms use nnU-Net's Dice+CE
+  (Dice+BCE for regions) with ignored voxels, at full resolution;
+* feature perturbation: CCT's channel dropout (p 0.5) and uniform feature noise (x + x U(-0.3, 0.3)) on every skip
+  and the bottleneck of the weak view, each decoded by the network's own decoder (no extra parameters); the term
+  is the mean over both perturbations;
+* synthetic pairs (the copy-paste of BCP, in one direction): a box of 2/3 of each side of an exemplar patch (image
+  and label) pasted at the same place into a weak-view unlabeled patch (BCP draws one box per batch, we draw one
+  per sample); outside the box the label is the other network's confident pseudo-label, the rest ignored; one
+  synthetic pair per unlabeled patch (exemplar patches reused cyclically), supervised at full resolution;
+* weights (UniMatch's balance: labeled 1, image perturbation 0.5, feature perturbation 0.5; synthetic 1 as labeled
+  data); the two perturbation terms ramp up with the base's sigmoid ramp-up over the whole training (SSL4MIS);
+* inference: network 1 (``inference_mode = 'mean'`` averages both).
+
+Per step and network: one encoder pass over exemplar + synthetic + strong + weak patches and one decoder pass over
+those plus the perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 5 B_u`` decoder samples).
+"""
+from typing import Sequence, Tuple
+
+import torch
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
+from nnunet_ssl.losses import batch_part, full_resolution, probabilities
+from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
+                                                      UniformFeatureNoise)
+from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+
+
+# ---- pseudo-labels ------------------------------------------------------------------------------------------------
+def confident_pseudo_labels(logits: torch.Tensor, threshold: float, regions: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels of a prediction and the voxels where they are confident, both without gradient.
+    Labels: ``(argmax (B,1,...), max probability >= threshold)``; regions: ``(p > 0.5 per region, every region's
+    max(p, 1 - p) >= threshold)``. The mask has shape (B, 1, ...)."""
+    probs = probabilities(logits.detach(), regions)
+    if regions:
+        return probs > 0.5, (torch.maximum(probs, 1 - probs) >= threshold).all(1, keepdim=True)
+    confidence, labels = probs.max(1, keepdim=True)
+    return labels, confidence >= threshold
+
+
+def with_ignored(labels: torch.Tensor, keep: torch.Tensor, regions: bool, ignore_label: int) -> torch.Tensor:
+    """A target in the format of :func:`masked_segmentation_loss`: labels with ``ignore_label`` where not
+    ``keep``; regions with an appended last channel that is True where ignored."""
+    if regions:
+        return torch.cat((labels, ~keep), 1)
+    return torch.where(keep, labels, torch.full_like(labels, ignore_label))
+
+
+def masked_segmentation_loss(regions: bool, batch_dice: bool, ddp: bool, ignore_label: int):
+    """nnU-Net's Dice+CE (Dice+BCE for regions) configured as nnU-Net configures it, ignoring the voxels marked
+    as in :func:`with_ignored`."""
+    if regions:
+        return DC_and_BCE_loss({}, {"batch_dice": batch_dice, "do_bg": True, "smooth": 1e-5, "ddp": ddp},
+                               use_ignore_label=True, dice_class=MemoryEfficientSoftDiceLoss)
+    return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": ddp}, {},
+                          ignore_label=ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+# ---- boxes for CutMix and copy-paste ------------------------------------------------------------------------------
+def random_boxes(side_fractions: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """One axis-aligned box per sample, ``round(fraction * size)`` voxels along every axis at a uniformly random
+    position, as a bool mask (N, 1, *spatial_shape). A fraction of 0 gives an empty box."""
+    n, device = side_fractions.shape[0], side_fractions.device
+    boxes = torch.ones((n, 1, *spatial_shape), dtype=torch.bool, device=device)
+    for axis, size in enumerate(spatial_shape):
+        side = torch.round(side_fractions * size).long()
+        start = (torch.rand(n, device=device) * (size - side + 1)).long()
+        coordinates = torch.arange(size, device=device)
+        inside = (coordinates >= start[:, None]) & (coordinates < (start + side)[:, None])
+        shape = [n, 1] + [1] * len(spatial_shape)
+        shape[axis + 2] = size
+        boxes &= inside.view(shape)
+    return boxes
+
+
+def cutmix_boxes(n: int, spatial_shape: Sequence[int], probability: float, volume_range: Tuple[float, float],
+                 device: torch.device) -> torch.Tensor:
+    """Per sample, with ``probability``, a box covering a uniformly drawn fraction ``volume_range`` of the patch
+    (equal relative side on every axis); otherwise an empty box."""
+    volume = torch.empty(n, device=device).uniform_(*volume_range)
+    applied = torch.rand(n, device=device) < probability
+    return random_boxes(volume ** (1 / len(spatial_shape)) * applied, spatial_shape)
+
+
+def paste(content: torch.Tensor, background: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``content`` inside the boxes, ``background`` outside (images, labels and region targets alike)."""
+    return torch.where(boxes, content, background)
+
+
+def with_partner(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """CutMix within the batch: sample i takes the box content of sample i - 1."""
+    return paste(x.roll(1, 0), x, boxes)
+
+
+class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
+    confidence_threshold = 0.95
+    image_perturbation_weight = 0.5
+    feature_perturbation_weight = 0.5
+    synthetic_weight = 1.0
+    strong_intensity = StrongIntensity()
+    cutmix_probability = 0.5
+    cutmix_volume = (0.02, 0.4)
+    #: side of the pasted exemplar box relative to the patch, per axis (BCP's 2/3)
+    paste_side_fraction = 2 / 3
+    #: channel dropout probability on the features (0 disables this perturbation)
+    feature_dropout = 0.5
+    #: half-width r of the multiplicative feature noise U(-r, r) (0 disables this perturbation)
+    feature_noise = 0.3
+    #: 'first' (network 1) or 'mean' (average of both networks' logits) for prediction
+    inference_mode = "first"
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        net1, net2 = (nnUNetTrainerSSLBase.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+            for _ in range(2))
+        perturbations = ([ChannelDropout(cls.feature_dropout)] if cls.feature_dropout > 0 else []) + \
+                        ([UniformFeatureNoise(cls.feature_noise)] if cls.feature_noise > 0 else [])
+        return TwoNetworksWithFeaturePerturbation(net1, net2, perturbations, inference=cls.inference_mode)
+
+    def initialize(self):
+        super().initialize()
+        self.masked_loss = masked_segmentation_loss(self.label_manager.has_regions,
+                                                    self.configuration_manager.batch_dice, self.is_ddp,
+                                                    self.ignore_label_for_pseudo_labels)
+
+    @property
+    def ignore_label_for_pseudo_labels(self) -> int:
+        """The dataset's ignore label, or the first value that is no class."""
+        if self.label_manager.ignore_label is not None:
+            return self.label_manager.ignore_label
+        return self.label_manager.num_segmentation_heads
+
+    def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
+        """nnU-Net's augmentation (the weak view, ``image``), then a strongly perturbed copy (``image_strong``)."""
+        weak = super().get_unlabeled_transforms(patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug)
+        return ComposeTransforms([weak, StrongView(strong_intensity_transforms(self.strong_intensity))])
+
+    def exemplar_target(self, target) -> torch.Tensor:
+        """The labeled full-resolution target in the format of the masked loss (regions: an ignore channel)."""
+        target = full_resolution(target)
+        if self.label_manager.has_regions and self.label_manager.ignore_label is None:
+            target = torch.cat((target, torch.zeros_like(target[:, :1])), 1)
+        return target
+
+    def pseudo_label_target(self, logits: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The confident pseudo-labels of ``logits`` as a masked-loss target of ``like``'s dtype, and the
+        fraction of confident voxels."""
+        regions = self.label_manager.has_regions
+        labels, confident = confident_pseudo_labels(logits, self.confidence_threshold, regions)
+        target = with_ignored(labels.to(like.dtype), confident, regions, self.ignore_label_for_pseudo_labels)
+        return target, confident.float().mean()
+
+    def compute_loss(self, data, target, data_unlabeled, batch):
+        n_l, n_u, spatial, device = data.shape[0], data_unlabeled.shape[0], data.shape[2:], data.device
+        mix = cutmix_boxes(n_u, spatial, self.cutmix_probability, self.cutmix_volume, device)
+        strong = with_partner(self.to_device(batch["unlabeled"][STRONG_VIEW_KEY]), mix)
+        pasted = random_boxes(torch.full((n_u,), self.paste_side_fraction, device=device), spatial)
+        source = torch.arange(n_u, device=device) % n_l
+        synthetic = paste(data[source], data_unlabeled, pasted)
+
+        outputs = self.network(torch.cat((data, synthetic, strong, data_unlabeled)), n_perturbed=n_u)
+        # per network: synthetic, strong, weak, then one part per feature perturbation (full resolution)
+        views = [full_resolution(out)[n_l:].split(n_u) for out in outputs]
+        exemplar = self.exemplar_target(target)[source]
+        pseudo = [self.pseudo_label_target(v[2], exemplar) for v in views]
+
+        terms = {name: [] for name in ("sup", "syn", "img", "fp")}
+        for k, other in ((0, 1), (1, 0)):
+            labels = pseudo[other][0]
+            terms["sup"].append(self.loss(batch_part(outputs[k], slice(None, n_l)), target))
+            terms["syn"].append(self.masked_loss(views[k][0], paste(exemplar, labels, pasted)))
+            terms["img"].append(self.masked_loss(views[k][1], with_partner(labels, mix)))
+            perturbed = [self.masked_loss(v, labels) for v in views[k][3:]]
+            terms["fp"].append(torch.stack(perturbed).mean() if perturbed else data.new_zeros(()))
+        sums = {name: sum(values) for name, values in terms.items()}
+        weight = self.rampup()
+        total = sums["sup"] + self.synthetic_weight * sums["syn"] + weight * (
+            self.image_perturbation_weight * sums["img"] + self.feature_perturbation_weight * sums["fp"])
+        logged = {name: value.detach() / 2 for name, value in sums.items()}
+        logged["confident"] = (pseudo[0][1] + pseudo[1][1]) / 2
+        logged["unsup_weight"] = torch.tensor(weight)
+        return total, logged

@@ -1,0 +1,344 @@
+import glob
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from torch import nn
+
+from conftest import bin_path, clone_dataset, run_cli
+from e2e import output_folder, train_resume_predict
+from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
+from nnunet_ssl.networks.containers import TwoNetworks
+from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
+                                                      UniformFeatureNoise)
+from nnunet_ssl.trainers.cmems import (confident_pseudo_labels, cutmix_boxes, masked_segmentation_loss,
+                                       nnUNetTrainerCMEMS, paste, random_boxes, with_ignored, with_partner)
+
+
+# ---- pseudo-labels and their masked loss ------------------------------------------------------------------------
+def logits_of(probabilities):
+    """(B, C, N) logits whose softmax is ``probabilities`` (given per voxel as rows)."""
+    return torch.log(torch.tensor(probabilities)).T[None]
+
+
+def test_pseudo_labels_are_argmax_and_confident_exactly_at_or_above_the_threshold():
+    logits = logits_of([[0.96, 0.02, 0.02], [0.03, 0.94, 0.03], [0.10, 0.05, 0.85], [0.01, 0.01, 0.98]])
+    labels, confident = confident_pseudo_labels(logits, 0.95, regions=False)
+    assert labels.tolist() == [[[0, 1, 2, 2]]]
+    assert confident.tolist() == [[[True, False, False, True]]]
+    assert confident_pseudo_labels(logits, 0.9, regions=False)[1].tolist() == [[[True, True, False, True]]]
+    assert with_ignored(labels, confident, False, ignore_label=7).tolist() == [[[0, 7, 7, 2]]]
+
+
+def test_region_pseudo_labels_need_every_region_confident():
+    p = torch.tensor([[0.97, 0.02], [0.97, 0.50], [0.03, 0.99], [0.60, 0.99]]).T[None]  # (1, regions, voxels)
+    labels, confident = confident_pseudo_labels(torch.logit(p), 0.95, regions=True)
+    assert labels.tolist() == [[[True, True, False, True], [False, False, True, True]]]
+    assert confident.tolist() == [[[True, False, True, False]]]
+    target = with_ignored(labels, confident, True, ignore_label=-1)
+    assert target.shape == (1, 3, 4) and target[:, -1].tolist() == [[False, True, False, True]]
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_masked_loss_ignores_unconfident_voxels(regions):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, requires_grad=True)
+    labels, confident = confident_pseudo_labels(torch.randn(2, 3, 6, 6) * 4, 0.9, regions)
+    assert 0 < confident.sum() < confident.numel()
+    loss = masked_segmentation_loss(regions, batch_dice=True, ddp=False, ignore_label=3)
+    target = with_ignored(labels.float() if not regions else labels, confident, regions, 3)
+    loss(logits, target).backward()
+    ignored_grad = logits.grad * ~confident
+    assert ignored_grad.abs().sum() == 0 and logits.grad.abs().sum() > 0
+    changed = logits.detach() + 5 * torch.randn_like(logits) * ~confident  # change only ignored voxels
+    assert loss(changed, target).item() == pytest.approx(loss(logits.detach(), target).item(), rel=1e-6)
+
+
+# ---- boxes, CutMix, copy-paste -----------------------------------------------------------------------------------
+def test_random_boxes_have_the_rounded_relative_side_on_every_axis():
+    torch.manual_seed(0)
+    boxes = random_boxes(torch.tensor([2 / 3, 0.0, 1.0, 0.5]), (9, 12, 7))
+    assert boxes.shape == (4, 1, 9, 12, 7)
+    assert boxes.flatten(1).sum(1).tolist() == [6 * 8 * 5, 0, 9 * 12 * 7, 4 * 6 * 4]  # torch rounds halves to even
+    for box in boxes[[0, 3], 0]:  # a box: the product of its extents along the axes
+        extents = [box.any(dim=tuple(d for d in range(3) if d != axis)) for axis in range(3)]
+        assert torch.equal(box, extents[0][:, None, None] & extents[1][None, :, None] & extents[2][None, None, :])
+
+
+def test_cutmix_boxes_follow_probability_and_volume_range():
+    torch.manual_seed(0)
+    assert not cutmix_boxes(8, (16, 16), 0.0, (0.02, 0.4), torch.device("cpu")).any()
+    fractions = cutmix_boxes(64, (40, 40), 1.0, (0.1, 0.3), torch.device("cpu")).flatten(1).float().mean(1)
+    assert fractions.min() >= 0.08 and fractions.max() <= 0.32  # volume range up to the rounding of the sides
+
+
+def test_cutmix_takes_the_box_from_the_previous_sample_for_images_and_pseudo_labels_alike():
+    torch.manual_seed(0)
+    images = torch.arange(3.0)[:, None, None, None].expand(3, 1, 8, 8) * 10 + torch.rand(3, 1, 8, 8)
+    labels = torch.arange(3)[:, None, None, None].expand(3, 1, 8, 8)
+    boxes = random_boxes(torch.tensor([0.5, 0.25, 0.75]), (8, 8))
+    mixed_images, mixed_labels = with_partner(images, boxes), with_partner(labels, boxes)
+    for i in range(3):
+        inside = boxes[i, 0]
+        assert torch.equal(mixed_images[i, 0][inside], images[i - 1, 0][inside])
+        assert torch.equal(mixed_images[i, 0][~inside], images[i, 0][~inside])
+        expected = torch.where(inside, torch.full_like(inside, (i - 1) % 3, dtype=torch.long), i)
+        assert torch.equal(mixed_labels[i, 0], expected)
+
+
+def test_paste_puts_content_inside_and_background_outside():
+    boxes = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    boxes[..., 1:3, 2:4] = True
+    pasted = paste(torch.ones(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), boxes)
+    assert torch.equal(pasted, boxes.expand(1, 2, 4, 4).float())
+
+
+# ---- strong views ------------------------------------------------------------------------------------------------
+def weak_and_strong(trainer, dim, seed=0):
+    """One unlabeled patch through the trainer's unlabeled transforms (rotation always on, so geometry changes)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    patch = (12,) * dim
+    transforms = trainer.get_unlabeled_transforms(patch, (-math.pi, math.pi), tuple(range(dim)), False)
+    transforms.transforms[0].transforms[0].p_rotation = 1.0  # the spatial transform of nnU-Net's pipeline
+    blob = torch.zeros((1,) + (20,) * dim)
+    blob[(0,) + (slice(4, 12),) * dim] = 3.0
+    out = transforms(image=blob + 0.5 * torch.rand_like(blob))
+    return out["image"], out[STRONG_VIEW_KEY]
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_strong_view_is_an_intensity_remap_of_the_weak_view_with_the_same_geometry(dim):
+    """Without blur and noise the strong view is a monotone function of the weak view: nothing moved."""
+    remap_only = StrongIntensity(p_brightness=1, p_contrast=1, p_gamma=1, p_blur=0, p_noise=0)
+    trainer = trainer_without_data(strong_intensity=remap_only)
+    for seed in range(4):
+        weak, strong = weak_and_strong(trainer, dim, seed)
+        assert weak.shape == strong.shape == (1,) + (12,) * dim
+        in_weak_order = strong.flatten()[weak.flatten().argsort()]
+        assert (in_weak_order[1:] - in_weak_order[:-1] >= -1e-5).all()
+        assert not torch.allclose(weak, strong)
+
+
+def test_strong_view_without_perturbations_is_an_exact_copy_and_the_weak_view_is_untouched():
+    nothing = StrongIntensity(p_brightness=0, p_contrast=0, p_gamma=0, p_blur=0, p_noise=0)
+    trainer = trainer_without_data(strong_intensity=nothing)
+    weak, strong = weak_and_strong(trainer, 2)
+    assert torch.equal(weak, strong) and weak.data_ptr() != strong.data_ptr()
+
+    image = torch.randn(1, 10, 10)
+    out = StrongView(strong_intensity_transforms(StrongIntensity(p_blur=1, p_noise=1)))(image=image.clone())
+    assert torch.equal(out["image"], image) and not torch.allclose(out[STRONG_VIEW_KEY], image)
+
+
+# ---- feature perturbation ----------------------------------------------------------------------------------------
+def tiny_unet(num_classes=3, dim=2, residual=False):
+    conv, norm = (nn.Conv2d, nn.InstanceNorm2d) if dim == 2 else (nn.Conv3d, nn.InstanceNorm3d)
+    common = dict(conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                  nonlin_kwargs={"inplace": True}, deep_supervision=True)
+    if residual:
+        return ResidualEncoderUNet(1, 3, (4, 8, 8), conv, 3, (1, 2, 2), (1, 1, 1), num_classes, (1, 1), **common)
+    return PlainConvUNet(1, 3, (4, 8, 8), conv, 3, (1, 2, 2), 1, num_classes, 1, **common)
+
+
+def test_channel_dropout_drops_whole_channels_in_training_only():
+    torch.manual_seed(0)
+    x = torch.rand(4, 16, 5, 5) + 1
+    dropout = ChannelDropout(0.5)
+    y = dropout(x)
+    ratio = (y / x).flatten(2)
+    assert torch.all((ratio == 0) | torch.isclose(ratio, torch.tensor(2.0)))
+    assert torch.all(ratio.min(2).values == ratio.max(2).values)  # a channel is dropped or kept as a whole
+    assert 0 < (ratio[..., 0] == 0).float().mean() < 1
+    assert dropout.eval()(x) is x
+
+
+def test_uniform_noise_scales_each_element_by_at_most_r_in_training_only():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6)
+    noise = UniformFeatureNoise(0.3)
+    y = noise(x)
+    assert not torch.equal(y, x) and torch.all((y - x).abs() <= 0.3 * x.abs() + 1e-6)
+    assert noise.eval()(x) is x
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("dim", [2, 3])
+def test_feature_perturbation_changes_predictions_only_in_training_and_adds_no_parameters(dim, residual):
+    torch.manual_seed(0)
+    net1, net2 = tiny_unet(dim=dim, residual=residual), tiny_unet(dim=dim, residual=residual)
+    plain = TwoNetworks(net1, net2)
+    net = TwoNetworksWithFeaturePerturbation(net1, net2, [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
+    assert net.state_dict().keys() == plain.state_dict().keys() and net.pretrainable_unets() == [net1, net2]
+    x = torch.randn((3, 1) + (8,) * dim)
+
+    out1, out2 = net.train()(x, n_perturbed=2)
+    ref1, ref2 = plain.train()(x)
+    for out, ref in ((out1, ref1), (out2, ref2)):
+        assert [o.shape[0] for o in out] == [3 + 2 * 2] * len(ref)
+        assert all(torch.allclose(o[:3], r, atol=1e-5) for o, r in zip(out, ref))  # clean part unchanged
+        for perturbed in (out[0][3:5], out[0][5:7]):  # perturbed features of the last two samples
+            assert not torch.allclose(perturbed, ref[0][1:], atol=1e-3)
+    assert all(torch.allclose(o, r, atol=1e-5) for o, r in zip(net(x)[0], ref1))  # n_perturbed = 0
+
+    net.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], plain(x)[0]) and torch.equal(net(x)[0], net1(x)[0])
+
+
+def test_trainer_builds_two_differently_initialised_unets_that_predict_one_tensor():
+    kwargs = dict(n_stages=3, features_per_stage=[4, 8, 8], conv_op="torch.nn.modules.conv.Conv2d",
+                  kernel_sizes=[[3, 3]] * 3, strides=[[1, 1], [2, 2], [2, 2]], n_conv_per_stage=[1, 1, 1],
+                  n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+                  norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
+                  norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
+                  nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True})
+    cm = ConfigurationManager({"architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet", "arch_kwargs": kwargs,
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+    net = nnUNetTrainerCMEMS.build_network_architecture(None, cm, 1, 3, enable_deep_supervision=False)
+    assert [type(p) for p in net.perturbations] == [ChannelDropout, UniformFeatureNoise]
+    assert not torch.equal(next(net.net1.parameters()), next(net.net2.parameters()))
+    with torch.no_grad():
+        out = net.eval()(torch.randn(2, 1, 16, 16))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 16, 16)
+    without = type("NoFP", (nnUNetTrainerCMEMS,), {"feature_dropout": 0, "feature_noise": 0})
+    assert len(without.build_network_architecture(None, cm, 1, 3).perturbations) == 0
+
+
+# ---- the trainer's step ------------------------------------------------------------------------------------------
+class Recording(nn.Module):
+    """The network, remembering its input and outputs."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x, n_perturbed=0):
+        self.input, self.outputs = x, self.network(x, n_perturbed=n_perturbed)
+        return self.outputs
+
+
+def trainer_without_data(regions=False, **attributes):
+    """A CMEMS trainer holding only what compute_loss and the unlabeled transforms need (no plans, no data)."""
+    trainer = object.__new__(type("CMEMS", (nnUNetTrainerCMEMS,), attributes))
+    torch.manual_seed(0)
+    heads = 2 if regions else 3
+    trainer.network = TwoNetworksWithFeaturePerturbation(tiny_unet(heads), tiny_unet(heads),
+                                                         [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
+    trainer.label_manager = SimpleNamespace(has_regions=regions, ignore_label=None, num_segmentation_heads=heads,
+                                            foreground_labels=[1, 2])
+    trainer.configuration_manager = SimpleNamespace(use_mask_for_norm=[False], batch_dice=True)
+    dice = {"batch_dice": True, "smooth": 1e-5, "do_bg": regions, "ddp": False}
+    base = DC_and_BCE_loss({}, dice, dice_class=MemoryEfficientSoftDiceLoss) if regions else \
+        DC_and_CE_loss(dice, {}, dice_class=MemoryEfficientSoftDiceLoss)
+    trainer.loss = DeepSupervisionWrapper(base, (2 / 3, 1 / 3))
+    trainer.masked_loss = masked_segmentation_loss(regions, True, False, trainer.ignore_label_for_pseudo_labels)
+    trainer.device = torch.device("cpu")
+    trainer.current_epoch, trainer.step_in_epoch, trainer.num_iterations_per_epoch, trainer.num_epochs = 3, 0, 2, 8
+    return trainer
+
+
+def step_inputs(regions, n_l=2, n_u=3):
+    """Exemplar patches far from the unlabeled ones in intensity, and strong views that differ per sample, so that
+    pasted and mixed voxels can be recognised in the network input."""
+    torch.manual_seed(1)
+    data = torch.randn(n_l, 1, 16, 16) + 100
+    seg = torch.rand(n_l, 2, 16, 16) > 0.5 if regions else torch.randint(0, 3, (n_l, 1, 16, 16)).to(torch.int16)
+    target = [seg, seg[:, :, ::2, ::2]]
+    weak = torch.randn(n_u, 1, 16, 16)
+    strong = torch.randn(n_u, 1, 16, 16) + 10 * torch.arange(1, n_u + 1)[:, None, None, None]
+    return data, target, weak, {"unlabeled": {"data": weak, STRONG_VIEW_KEY: strong}}
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_step_supervises_each_network_with_the_other_networks_pseudo_labels_on_pasted_and_mixed_views(regions):
+    trainer = trainer_without_data(regions, confidence_threshold=0.6, cutmix_probability=1.0)
+    trainer.network = Recording(trainer.network)
+    calls = []
+    masked_loss = trainer.masked_loss
+    trainer.masked_loss = lambda logits, target: calls.append((logits, target)) or masked_loss(logits, target)
+    data, target, weak, batch = step_inputs(regions)
+    n_l, n_u = data.shape[0], weak.shape[0]
+    total, terms = trainer.compute_loss(data, target, weak, batch)
+
+    x, outputs = trainer.network.input, trainer.network.outputs
+    synthetic, strong = x[n_l:n_l + n_u], x[n_l + n_u:n_l + 2 * n_u]
+    assert torch.equal(x[n_l + 2 * n_u:], weak)
+    source = torch.arange(n_u) % n_l
+    pasted = synthetic == data[source]  # where the exemplar's image content is
+    assert pasted.flatten(1).sum(1).tolist() == [11 * 11] * n_u  # 2/3 of each side of the 16 x 16 patch
+    assert torch.equal(synthetic[~pasted], weak[~pasted])
+    mixed = strong != batch["unlabeled"][STRONG_VIEW_KEY]
+    assert mixed.any() and torch.equal(strong[mixed], batch["unlabeled"][STRONG_VIEW_KEY].roll(1, 0)[mixed])
+
+    exemplar = target[0][source]
+    if regions:
+        exemplar = torch.cat((exemplar, torch.zeros_like(exemplar[:, :1])), 1)
+    pseudo = []
+    for out in outputs:
+        labels, confident = confident_pseudo_labels(out[0][n_l + 2 * n_u:n_l + 3 * n_u], 0.6, regions)
+        assert 0 < confident.sum() < confident.numel()
+        pseudo.append(with_ignored(labels.to(exemplar.dtype), confident, regions, 3))
+    assert len(calls) == 2 * 4  # per network: synthetic, strong, two feature perturbations
+    for k, other in ((0, 1), (1, 0)):
+        (syn_logits, syn_target), (img_logits, img_target), *fp = calls[4 * k:4 * k + 4]
+        full = outputs[k][0]
+        assert torch.equal(syn_logits, full[n_l:n_l + n_u]) and torch.equal(img_logits, full[n_l + n_u:n_l + 2 * n_u])
+        # the synthetic label is the exemplar's exactly where its image content was pasted, else pseudo-labels
+        assert torch.equal(syn_target, torch.where(pasted, exemplar, pseudo[other]))
+        assert torch.equal(img_target, torch.where(mixed, pseudo[other].roll(1, 0), pseudo[other]))
+        for j, (fp_logits, fp_target) in enumerate(fp):
+            start = n_l + (3 + j) * n_u
+            assert torch.equal(fp_logits, full[start:start + n_u]) and torch.equal(fp_target, pseudo[other])
+
+    weight = trainer.rampup()
+    assert terms["unsup_weight"].item() == pytest.approx(weight) and 0 < weight < 1
+    expected = 2 * (terms["sup"] + terms["syn"] + weight * (0.5 * terms["img"] + 0.5 * terms["fp"]))
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_every_parameter_of_both_networks_gets_a_gradient():
+    trainer = trainer_without_data()
+    data, target, weak, batch = step_inputs(False)
+    total, _ = trainer.compute_loss(data, target, weak, batch)
+    total.backward()
+    for name, parameter in trainer.network.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_one_exemplar_patch_serves_every_unlabeled_patch():
+    trainer = trainer_without_data(feature_dropout=0)
+    data, target, weak, batch = step_inputs(False, n_l=1, n_u=3)
+    total, terms = trainer.compute_loss(data, target, weak, batch)
+    assert torch.isfinite(total) and set(terms) == {"sup", "syn", "img", "fp", "confident", "unsup_weight"}
+
+
+# ---- nnU-Net's commands, exemplar setting ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exemplar_env(ssl_env):
+    """Dataset990 cloned as 993 with a split of exactly one labeled case per fold (unlabeled cases from the split)."""
+    clone_dataset(ssl_env, 993, "Exemplar")
+    run_cli([bin_path("nnunet_ssl_split"), "-d", "993", "--num-labeled", "1"], ssl_env)
+    return ssl_env
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_cmems_trains_from_one_labeled_case_resumes_and_predicts(exemplar_env, tmp_path, configuration):
+    checkpoint = train_resume_predict(exemplar_env, "nnUNetTrainerCMEMS", configuration, tmp_path, dataset_id=993)
+    assert {k.split(".")[0] for k in checkpoint["network_weights"]} == {"net1", "net2"}
+    assert {"sup", "syn", "img", "fp", "confident", "unsup_weight"} <= set(checkpoint["logging"])
+    folder = output_folder(exemplar_env, "nnUNetTrainerCMEMS_tiny", configuration, dataset_id=993)
+    first_log = sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[0]
+    with open(first_log) as f:
+        log = f.read()
+    assert "This split has 1 training and" in log
+    assert "Semi-supervised training: " in log and " 0 unlabeled cases" not in log
