@@ -69,22 +69,31 @@ def bin_path(name):
 @pytest.fixture(scope="session")
 def ssl_env(tmp_path_factory):
     """Environment with nnU-Net folders holding Dataset990 planned and preprocessed for 2d and 3d_fullres,
-    its imagesUnlabeled preprocessed for both, and the tiny trainers on nnUNet_extTrainer."""
+    its imagesUnlabeled preprocessed for both, and the tiny trainers on nnUNet_extTrainer. Built once and shared by
+    all pytest-xdist workers (the first one builds it under a file lock)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()  # under xdist, one folder per worker inside this session's folder
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "nnunet"
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(root / "ext"), nnUNet_n_proc_DA="2",
+               nnUNet_def_n_proc="1", nnUNet_compile="f", PYTHONWARNINGS="ignore")
+    with FileLock(str(root) + ".lock"):
+        if not (root / "ready").exists():
+            build_session_dataset(root, env)
+            (root / "ready").touch()
+    return env
+
+
+def build_session_dataset(root, env):
     from nnunet_ssl.synthetic import make_dataset
 
-    root = tmp_path_factory.mktemp("nnunet")
-    ext = root / "ext"
-    ext.mkdir()
-    (ext / "ssl_test_trainers.py").write_text(TINY_TRAINERS)
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(ext), nnUNet_n_proc_DA="2",
-               nnUNet_def_n_proc="1", nnUNet_compile="f", PYTHONWARNINGS="ignore")
+    (root / "ext").mkdir(parents=True)
+    (root / "ext" / "ssl_test_trainers.py").write_text(TINY_TRAINERS)
     make_dataset(env["nnUNet_raw"], dataset_id=990, num_labeled=6, num_unlabeled=4, num_test=2, shape=(16, 24, 20))
     run_cli([bin_path("nnUNetv2_plan_and_preprocess"), "-d", "990", "-c", "2d", "3d_fullres", "-np", "2",
              "--verify_dataset_integrity"], env)
     run_cli([bin_path("nnunet_ssl_preprocess_unlabeled"), "-d", "990", "-c", "2d", "3d_fullres", "-np", "2"], env)
-    return env
-
 
 def clone_dataset(env, new_id: int, name: str) -> str:
     """Copy the session's preprocessed Dataset990 (without its unlabeled folders) to a new id, for tests that

@@ -1,0 +1,151 @@
+"""The unlabeled stream: where cases come from, what a composite batch holds, and the errors."""
+import glob
+import json
+import os
+
+import pytest
+
+from conftest import clone_dataset, make_trainer
+from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.trainers import nnUNetTrainerMeanTeacher
+
+
+class WideUnlabeledBatch(nnUNetTrainerMeanTeacher):
+    unlabeled_batch_size = 3
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_composite_batch_has_an_unlabeled_part_without_labels(ssl_env, monkeypatch, configuration):
+    trainer = make_trainer(ssl_env, monkeypatch, WideUnlabeledBatch, configuration)
+    trainer.initialize()
+    loader_train, _ = trainer.get_dataloaders()
+    batch = next(loader_train)
+    patch = tuple(trainer.configuration_manager.patch_size)
+    assert tuple(batch["data"].shape) == (trainer.batch_size, 1, *patch)
+    unlabeled = batch["unlabeled"]
+    assert set(unlabeled) == {"data", "keys"}, "the unlabeled batch must carry no target or segmentation"
+    assert tuple(unlabeled["data"].shape) == (3, 1, *patch)
+    assert set(unlabeled["keys"]) <= {f"unl_{i:03d}" for i in range(4)}
+    assert trainer.unlabeled_cases and all(k.startswith("unl_") for k in trainer.unlabeled_cases)
+
+
+def test_unlabeled_batch_defaults_to_the_labeled_batch_size(ssl_env, monkeypatch):
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, "2d")
+    trainer.initialize()
+    assert trainer.batch_size_unlabeled == trainer.batch_size == trainer.configuration_manager.batch_size
+
+
+@pytest.fixture(scope="module")
+def split_dataset(ssl_env):
+    """Dataset991: the labeled cases only (no imagesUnlabeled folder), for split-based tests."""
+    return clone_dataset(ssl_env, 991, "Splits")
+
+
+def write_fold0(env, dataset, fold):
+    """Write the split as a user editing the file by hand would (no validation)."""
+    with open(os.path.join(env["nnUNet_preprocessed"], dataset, "splits_final.json"), "w") as f:
+        json.dump([fold], f)
+
+
+def test_no_unlabeled_source_fails_with_instructions(ssl_env, monkeypatch, split_dataset):
+    write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"]})
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, dataset=split_dataset)
+    trainer.initialize()
+    with pytest.raises(SSLConfigError, match="(?s)does not fall back to supervised.*imagesUnlabeled.*nnunet_ssl_split"):
+        trainer.get_dataloaders()
+
+
+def test_split_unlabeled_ids_overlapping_train_are_rejected(ssl_env, monkeypatch, split_dataset):
+    write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"],
+                                         "unlabeled": ["case_001", "case_003"]})
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, dataset=split_dataset)
+    trainer.initialize()
+    with pytest.raises(SSLConfigError, match=r"also in 'train' \(case_001\)"):
+        trainer.get_dataloaders()
+
+
+def test_split_unlabeled_cases_train_with_their_label_files_deleted(ssl_env, monkeypatch, split_dataset):
+    unlabeled = ["case_003", "case_004", "case_005"]
+    write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"],
+                                         "unlabeled": unlabeled})
+    for case in unlabeled:
+        for seg in glob.glob(os.path.join(ssl_env["nnUNet_preprocessed"], split_dataset, "*", f"{case}_seg.b2nd")):
+            os.remove(seg)
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, "2d", dataset=split_dataset)
+    trainer.initialize()
+    loader_train, _ = trainer.get_dataloaders()
+    for _ in range(3):
+        batch = next(loader_train)
+        assert set(batch["unlabeled"]["keys"]) <= set(unlabeled)
+        assert set(batch["keys"]) <= {"case_000", "case_001"}
+    assert sorted(trainer.unlabeled_cases) == unlabeled
+
+
+def test_plain_nnunet_on_an_ssl_split_trains_on_the_labeled_cases_only(ssl_env, monkeypatch, split_dataset):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"],
+                                         "unlabeled": ["case_003", "case_004"]})
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainer, dataset=split_dataset)
+    assert trainer.do_split() == (["case_000", "case_001"], ["case_002"])
+
+
+def test_unlabeled_scan_with_a_labeled_id_is_rejected(ssl_env, monkeypatch, tmp_path):
+    dataset = clone_dataset(ssl_env, 992, "Clash")
+    folder = os.path.join(ssl_env["nnUNet_preprocessed"], dataset, "nnUNetPlans_2d")
+    os.makedirs(folder + "_unlabeled")
+    os.symlink(os.path.join(folder, "case_000.b2nd"), os.path.join(folder + "_unlabeled", "case_000.b2nd"))
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, "2d", dataset=dataset)
+    trainer.initialize()
+    with pytest.raises(SSLConfigError, match="'case_000'.*has the id of a labeled"):
+        trainer.get_dataloaders()
+
+
+def test_cascade_configuration_is_rejected_at_start(ssl_env, monkeypatch):
+    def add_cascade(plans):
+        plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres",
+                                                         "previous_stage": "3d_fullres"}
+    with pytest.raises(SSLConfigError, match="'3d_cascade_fullres' is a cascade stage"):
+        make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, "3d_cascade_fullres", plans_edit=add_cascade)
+
+
+def test_benchmark_split_trains_through_the_cli_from_pretrained_weights(ssl_env, tmp_path):
+    """nnunet_ssl_split -> delete the unlabeled cases' label files -> nnUNetv2_train -pretrained_weights with a
+    supervised nnU-Net checkpoint: the SSL trainer trains on the split's unlabeled cases from those weights."""
+    import torch
+
+    from conftest import bin_path, run_cli
+    from e2e import load_checkpoint, train
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dataset = clone_dataset(ssl_env, 995, "Benchmark")
+    run_cli([bin_path("nnunet_ssl_split"), "-d", "995", "--num-labeled", "2", "--folds", "2"], ssl_env)
+    preprocessed = os.path.join(ssl_env["nnUNet_preprocessed"], dataset)
+    with open(os.path.join(preprocessed, "splits_final.json")) as f:
+        unlabeled = json.load(f)[0]["unlabeled"]
+    for case in unlabeled:
+        os.remove(os.path.join(preprocessed, "nnUNetPlans_2d", f"{case}_seg.b2nd"))
+
+    plans = PlansManager(os.path.join(preprocessed, "nnUNetPlans.json"))
+    supervised = nnUNetTrainer.build_network_architecture(plans, plans.get_configuration("2d"), 1, 3, True)
+    torch.save({"network_weights": supervised.state_dict()}, tmp_path / "supervised.pth")
+
+    result = train(ssl_env, "nnUNetTrainerMeanTeacher_tiny", "2d", 1, "-pretrained_weights",
+                   str(tmp_path / "supervised.pth"), dataset_id=995)
+    assert "Loading pretrained weights" in result.stdout
+    assert f"{len(unlabeled)} unlabeled cases ({len(unlabeled)} from splits_final.json" in result.stdout
+    assert "2 training and" in result.stdout
+    assert "student" in {k.split(".")[0] for k in load_checkpoint(ssl_env, "nnUNetTrainerMeanTeacher_tiny", "2d",
+                                                                  dataset_id=995)["network_weights"]}
+
+
+@pytest.mark.parametrize("global_batch, world_size", [(2, 2), (5, 2), (7, 3), (4, 4)])
+def test_unlabeled_batch_is_split_across_gpus_like_nnunets_labeled_batch(global_batch, world_size):
+    """nnU-Net's _set_batch_size_and_oversample gives rank i one extra sample while i < global % world."""
+    from nnunet_ssl.data.loaders import split_batch_across_ranks
+
+    shares = [split_batch_across_ranks(global_batch, world_size, rank) for rank in range(world_size)]
+    base = [global_batch // world_size] * world_size
+    nnunet = [b + 1 if b * world_size + i < global_batch else b for i, b in enumerate(base)]
+    assert shares == nnunet and sum(shares) == global_batch
