@@ -21,7 +21,7 @@ def make_case(shape: Sequence[int], rng: np.random.Generator) -> Tuple[np.ndarra
     centre = shape_arr * rng.uniform(0.4, 0.6, size=(3, 1, 1, 1))
     radii = shape_arr * rng.uniform(0.2, 0.3, size=(3, 1, 1, 1))
     outer = (((grid - centre) / radii) ** 2).sum(0) <= 1
-    inner = (((grid - centre) / (radii * 0.45)) ** 2).sum(0) <= 1
+    inner = (((grid - centre) / (radii * 0.6)) ** 2).sum(0) <= 1
     label = outer.astype(np.uint8) + inner.astype(np.uint8)
     image = rng.normal(0.0, 0.3, size=shape).astype(np.float32) + np.array([0.0, 1.0, 2.0], np.float32)[label]
     return image * 100 + 200, label
