@@ -18,24 +18,8 @@ from nnunet_ssl.dataset_conversion.common import (
     add_dataset_arguments, build_raw_dataset, check_label_values, exit_on_config_error, label_on_image_grid,
     preview, progress, raw_dataset_path, read_image, write_case)
 from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.image_files import IMAGE_ENDINGS, case_files
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def case_files(folder: str) -> Dict[str, str]:
-    """Case id (file name without its ending) -> path, for the image files in ``folder``."""
-    if not os.path.isdir(folder):
-        raise SSLConfigError(f"folder {folder} not found")
-    files: Dict[str, str] = {}
-    for name in sorted(os.listdir(folder)):
-        ending = next((e for e in IMAGE_ENDINGS if name.endswith(e)), None)
-        if ending is None or name.startswith("."):
-            continue
-        case_id = name[:-len(ending)]
-        if case_id in files:
-            raise SSLConfigError(f"{case_id}: two files in {folder} ({os.path.basename(files[case_id])}, {name})")
-        files[case_id] = os.path.join(folder, name)
-    return files
 
 
 def parse_labels(text: str) -> Dict[str, int]:

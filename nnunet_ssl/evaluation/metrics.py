@@ -42,8 +42,8 @@ from nnunetv2.configuration import default_num_processes
 from tqdm import tqdm
 
 from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.image_files import IMAGE_ENDINGS, case_files
 
-FILE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
 DISTANCE_METRICS = ("HD95", "ASD", "HD95_vox", "ASD_vox")
 METRICS = ("Dice", "IoU") + DISTANCE_METRICS
 DEFAULT_NUM_PROCESSES = min(default_num_processes, os.cpu_count() or 1)
@@ -107,9 +107,9 @@ def evaluate_folders(pred_dir: str, ref_dir: str, output_json: Optional[str] = N
 
 def _match_cases(pred_dir: str, ref_dir: str, chill: bool) -> Dict[str, Tuple[str, str]]:
     """Case name -> (prediction file, reference file), sorted by case name."""
-    predictions, references = _segmentation_files(pred_dir), _segmentation_files(ref_dir)
+    predictions, references = case_files(pred_dir), case_files(ref_dir)
     if not predictions:
-        raise SSLConfigError(f"no segmentation file ({', '.join(FILE_ENDINGS)}) in the prediction folder {pred_dir}")
+        raise SSLConfigError(f"no segmentation file ({', '.join(IMAGE_ENDINGS)}) in the prediction folder {pred_dir}")
     for case, pred in predictions.items():
         if case not in references:
             raise SSLConfigError(f"prediction {pred} has no reference named {case}<ending> in {ref_dir}")
@@ -119,21 +119,6 @@ def _match_cases(pred_dir: str, ref_dir: str, chill: bool) -> Dict[str, Tuple[st
                 raise SSLConfigError(f"reference {ref} has no prediction in {pred_dir} "
                                      "(use --chill to evaluate only the predicted cases)")
     return {case: (predictions[case], references[case]) for case in sorted(predictions)}
-
-
-def _segmentation_files(folder: str) -> Dict[str, str]:
-    if not os.path.isdir(folder):
-        raise SSLConfigError(f"{folder} is not a folder")
-    files = {}
-    for name in sorted(os.listdir(folder)):
-        ending = next((e for e in FILE_ENDINGS if name.endswith(e)), None)
-        if ending is None:
-            continue
-        case = name[:-len(ending)]
-        if case in files:
-            raise SSLConfigError(f"{os.path.join(folder, name)} and {files[case]} are two files of the same case")
-        files[case] = os.path.join(folder, name)
-    return files
 
 
 def _labels_from_dataset_json(path: str) -> List[int]:
