@@ -1,0 +1,135 @@
+"""What both benchmarks share: the nnU-Net folders of the benchmark, the real dataset (MSD Hippocampus with a fixed
+held-out test set), the trainers to compare, and running console commands with progress output."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_WORKDIR = os.path.join(REPO, "benchmarks", "work")
+#: MSD Hippocampus (images/ and labels/); ../shared/data next to the repository unless NNUNET_SSL_HIPPOCAMPUS is set
+HIPPOCAMPUS = os.environ.get("NNUNET_SSL_HIPPOCAMPUS", os.path.join(
+    os.path.dirname(REPO), "shared", "data", "MSD_Task04_Hippocampus", "TrainingSet"))
+DATASET_ID = 4
+DATASET_NAME = "Dataset004_Hippocampus"
+#: cases moved to imagesTs/labelsTs before planning; never in any split, so never trained on
+TEST_FRACTION = 0.2
+TEST_SEED = 0
+
+
+def nnunet_env(workdir: str, **extra) -> dict:
+    """The environment of every nnU-Net command of the benchmark: its own raw/preprocessed/results folders and
+    its own ``nnUNet_extTrainer`` folder (the benchmark's short-schedule trainers)."""
+    env = dict(os.environ, nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
+               nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
+               nnUNet_results=os.path.join(workdir, "nnUNet_results"),
+               nnUNet_extTrainer=os.path.join(workdir, "ext"), PYTHONWARNINGS="ignore")
+    # On a CPU shared with data-loader workers (or other jobs), OpenMP threads that spin while waiting make small
+    # convolutions up to 40x slower (measured here: one 2d forward 0.5-0.9 s instead of 0.02 s); passive waiting
+    # avoids that. Users can still set their own policy.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def use_env(env: dict) -> None:
+    """Make this process see the benchmark's nnU-Net folders (before nnunetv2 is imported)."""
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        os.environ[key] = env[key]
+
+
+def bin_path(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def run(args, env, log_file=None):
+    """Run a console command; its output goes to ``log_file`` (or the console). Raises with the log's tail."""
+    start = time.time()
+    print(f"  $ {' '.join(args)}", flush=True)
+    if log_file is None:
+        subprocess.run(args, env=env, check=True)
+    else:
+        with open(log_file, "a") as log:
+            result = subprocess.run(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            with open(log_file) as log:
+                tail = log.read()[-4000:]
+            raise RuntimeError(f"{args[0]} exited {result.returncode}; end of {log_file}:\n{tail}")
+    print(f"    done in {time.time() - start:.0f} s", flush=True)
+
+
+def trainer_names() -> list:
+    """nnU-Net's own trainer first, then every nnunet-ssl trainer (new ones are picked up automatically)."""
+    import nnunet_ssl.trainers as trainers
+    return ["nnUNetTrainer"] + list(trainers.__all__)
+
+
+def test_case_ids(case_ids, fraction=TEST_FRACTION, seed=TEST_SEED) -> list:
+    """The fixed held-out test cases: a seeded random ``fraction`` of all cases, sorted."""
+    case_ids = sorted(case_ids)
+    n_test = int(round(len(case_ids) * fraction))
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(case_ids, n_test, replace=False).tolist())
+
+
+def prepare_hippocampus(workdir: str, configurations=("2d", "3d_fullres")) -> dict:
+    """Convert MSD Hippocampus, move the fixed test cases to imagesTs/labelsTs, plan and preprocess. Each step is
+    skipped when its output exists. Returns the benchmark environment."""
+    env = nnunet_env(workdir)
+    raw = os.path.join(env["nnUNet_raw"], DATASET_NAME)
+    if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        print("converting MSD Hippocampus", flush=True)
+        run([bin_path("nnunet_ssl_convert_folder"), "-i", os.path.join(HIPPOCAMPUS, "images"),
+             "-l", os.path.join(HIPPOCAMPUS, "labels"), "-d", str(DATASET_ID), "-n", "Hippocampus",
+             "--modality", "MRI", "--labels", "background=0,anterior=1,posterior=2"], env)
+    if not os.path.isdir(os.path.join(raw, "labelsTs")):
+        hold_out_test_cases(raw)
+    preprocessed = os.path.join(env["nnUNet_preprocessed"], DATASET_NAME)
+    missing = [c for c in configurations if not os.path.isdir(os.path.join(preprocessed, _data_identifier(c)))]
+    if missing:
+        print(f"planning and preprocessing {missing}", flush=True)
+        run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", *missing, "-np", "2"], env,
+            os.path.join(workdir, "preprocess.log"))
+    return env
+
+
+def _data_identifier(configuration: str) -> str:
+    return f"nnUNetPlans_{configuration}"
+
+
+def hold_out_test_cases(raw: str) -> None:
+    """Move the test cases out of imagesTr/labelsTr before planning, so that no split can contain them."""
+    labels_tr = os.path.join(raw, "labelsTr")
+    cases = [f[:-len(".nii.gz")] for f in os.listdir(labels_tr) if f.endswith(".nii.gz")]
+    test = test_case_ids(cases)
+    for folder in ("imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(raw, folder + ".tmp"), exist_ok=True)
+    for case in test:
+        shutil.move(os.path.join(raw, "imagesTr", f"{case}_0000.nii.gz"), os.path.join(raw, "imagesTs.tmp"))
+        shutil.move(os.path.join(labels_tr, f"{case}.nii.gz"), os.path.join(raw, "labelsTs.tmp"))
+    dataset_json_file = os.path.join(raw, "dataset.json")
+    with open(dataset_json_file) as f:
+        dataset_json = json.load(f)
+    dataset_json["numTraining"] = len(cases) - len(test)
+    with open(dataset_json_file, "w") as f:
+        json.dump(dataset_json, f, indent=4)
+    for folder in ("imagesTs", "labelsTs"):  # renamed last: their presence marks the step as done
+        os.rename(os.path.join(raw, folder + ".tmp"), os.path.join(raw, folder))
+    print(f"held out {len(test)} test cases in imagesTs/labelsTs; {len(cases) - len(test)} left for training",
+          flush=True)
+
+
+def write_splits(env: dict, fraction: float, workdir: str) -> None:
+    """nnU-Net's 5 folds, each with ``fraction`` of its training cases labeled (kept if already written)."""
+    splits = os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "splits_final.json")
+    marker = os.path.join(workdir, f"splits_fraction_{fraction}")
+    if os.path.isfile(splits) and os.path.isfile(marker):
+        return
+    if os.path.isfile(splits):
+        raise SystemExit(f"{splits} exists for another labeled fraction; use another --workdir")
+    run([bin_path("nnunet_ssl_split"), "-d", str(DATASET_ID), "--fraction", str(fraction), "--folds", "5"], env)
+    open(marker, "w").close()

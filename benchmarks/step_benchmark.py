@@ -1,0 +1,257 @@
+"""Step benchmark: what one training iteration of every SSL trainer costs next to plain nnU-Net, on the same plans.
+
+    python benchmarks/step_benchmark.py                       # 2d and 3d_fullres of MSD Hippocampus, plans' batch
+    python benchmarks/step_benchmark.py --configurations 2d --batch-size 2d=8 --warmup 3 --steps 10   # CPU run of
+    python benchmarks/step_benchmark.py --configurations 3d_fullres --batch-size 3d_fullres=1 \
+        --warmup 2 --steps 3                                                                   # RESULTS.md
+
+Each (trainer, configuration) is measured in its own process, built in-process as ``nnUNetv2_train`` builds it
+(fold 0 of the benchmark's SSL split: 5 % labeled, the rest unlabeled), with nnU-Net's data-loader workers
+(``nnUNet_n_proc_DA``, nnU-Net's default when unset). After ``--warmup`` steps it times ``--steps`` iterations of
+
+    batch = next(trainer.dataloader_train)    # waiting for data
+    trainer.train_step(batch)                 # forward, backward, optimizer step(s), EMA etc.
+
+and reports the median iteration time, the share of the iteration spent in ``next()``, and peak memory (CPU:
+peak RSS of the main process, ``getrusage``, workers not included; GPU: ``torch.cuda.max_memory_allocated``).
+
+Work a trainer must do: one extra step runs under ``torch.utils.flop_counter.FlopCounterMode``, which counts the
+floating-point operations of every convolution and matrix product in the forward *and* backward passes (also
+no-grad passes such as teachers or Monte Carlo samples, and every pass of multi-pass methods). ``work`` is that
+count relative to nnUNetTrainer's; ``overhead = time ratio / work ratio - 1`` is the cost beyond that compute
+(target < 10 %). A forward hook on every U-Net encoder also counts samples through encoders, with and without
+gradient, per labeled sample ("networks x passes x samples"; forward-only counts 1/3 in ``count``, backward ~ 2
+forwards).
+
+Runs with ``OMP_WAIT_POLICY=PASSIVE`` unless set (spinning OpenMP threads next to the data-loader workers
+distort CPU timings badly; see ``bench_common.nnunet_env``).
+
+Where the time goes for one trainer (torch.profiler, ops with the most self time):
+
+    python benchmarks/step_benchmark.py --profile nnUNetTrainerCMEMS 3d_fullres --batch-size 3d_fullres=1 --warmup 1 --steps 2
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# before torch loads OpenMP: passive waiting, see bench_common.nnunet_env (the measured processes get it from there)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+
+DATA_WAIT_TARGET = 0.05
+OVERHEAD_TARGET = 0.10
+
+
+def build_trainer(trainer_name: str, configuration: str, batch_size, device):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunet_ssl.trainers as trainers
+
+    trainer_class = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(trainers, trainer_name)
+    folder = os.path.join(os.environ["nnUNet_preprocessed"], bc.DATASET_NAME)
+    plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
+    if batch_size is not None:
+        plans["configurations"][configuration]["batch_size"] = batch_size
+    plans["continue_training"] = False  # read (and removed) by nnUNetTrainer.__init__
+    return trainer_class(plans, configuration, 0, load_json(os.path.join(folder, "dataset.json")),
+                         torch.device(device))
+
+
+class EncoderPassCounter:
+    """Counts samples through every U-Net encoder, separately with and without gradient. The hook sits on the
+    encoder's first stage, which every pass goes through, also passes that run the stages one by one (LeFeD)."""
+
+    def __init__(self, network):
+        self.grad = self.no_grad = 0
+        self.handles = [m.stages[0].register_forward_hook(self.hook) for m in network.modules()
+                        if type(m).__name__ in ("PlainConvEncoder", "ResidualEncoder")]
+
+    def hook(self, module, inputs, output):
+        with_grad = torch.is_grad_enabled() and (inputs[0].requires_grad
+                                                 or any(p.requires_grad for p in module.parameters()))
+        if with_grad:
+            self.grad += inputs[0].shape[0]
+        else:
+            self.no_grad += inputs[0].shape[0]
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def measure_one(trainer_name: str, configuration: str, batch_size, device: str, warmup: int, steps: int) -> dict:
+    """Time ``steps`` iterations after ``warmup`` ones; then count the work of one more. Runs in its own process."""
+    import resource
+
+    from torch.utils.flop_counter import FlopCounterMode
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    trainer = build_trainer(trainer_name, configuration, batch_size, device)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    waits, totals = [], []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        batch = next(trainer.dataloader_train)
+        got = time.perf_counter()
+        trainer.train_step(batch)
+        sync()
+        end = time.perf_counter()
+        if i >= warmup:
+            waits.append(got - start)
+            totals.append(end - start)
+    peak_mb = (torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    batch = next(trainer.dataloader_train)
+    counter = EncoderPassCounter(trainer.network)
+    with FlopCounterMode(display=False) as flops:
+        trainer.train_step(batch)
+    counter.remove()
+    for loader in (trainer.dataloader_train, trainer.dataloader_val):
+        if hasattr(loader, "_finish"):
+            loader._finish()
+    return {"trainer": trainer_name, "configuration": configuration, "batch_size": trainer.batch_size,
+            "unlabeled_batch_size": getattr(trainer, "batch_size_unlabeled", None),
+            "patch_size": list(trainer.configuration_manager.patch_size), "n_proc_DA": get_allowed_n_proc_DA(),
+            "device": device, "steps": steps, "warmup": warmup,
+            "median_s": statistics.median(totals), "wait_share": sum(waits) / sum(totals),
+            "median_wait_s": statistics.median(waits), "step_times_s": totals, "peak_mb": peak_mb,
+            "flops": flops.get_total_flops(), "encoder_samples_grad": counter.grad,
+            "encoder_samples_no_grad": counter.no_grad}
+
+
+def profile_one(trainer_name: str, configuration: str, batch_size, device: str, warmup: int, steps: int) -> str:
+    """Where a trainer's step time goes: torch.profiler over ``steps`` iterations (after ``warmup``), the ops with
+    the most self time, plus the time spent in the method's own functions (record_function around compute_loss,
+    backward / optimizer and anything after the optimizer step such as an EMA update)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = build_trainer(trainer_name, configuration, batch_size, device)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    for _ in range(warmup):
+        trainer.train_step(next(trainer.dataloader_train))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            with torch.profiler.record_function("## next(dataloader)"):
+                batch = next(trainer.dataloader_train)
+            with torch.profiler.record_function("## train_step"):
+                trainer.train_step(batch)
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=25)
+
+
+def ratios(results: list) -> list:
+    """Adds, per result, time/work/memory ratios to nnUNetTrainer of the same configuration."""
+    rows = []
+    for r in results:
+        base = next(b for b in results if b["trainer"] == "nnUNetTrainer" and b["configuration"] == r["configuration"])
+        row = dict(r)
+        row["time_ratio"] = r["median_s"] / base["median_s"]
+        row["work_ratio"] = r["flops"] / base["flops"]
+        row["count"] = (r["encoder_samples_grad"] + r["encoder_samples_no_grad"] / 3) / base["encoder_samples_grad"]
+        row["overhead"] = row["time_ratio"] / row["work_ratio"] - 1
+        row["memory_ratio"] = r["peak_mb"] / base["peak_mb"]
+        rows.append(row)
+    return rows
+
+
+def table(rows: list) -> str:
+    lines = ["| config | Trainer | median step s | data wait | peak MB | time ratio | work ratio (FLOPs) "
+             "| count (enc. samples fwd+bwd / fwd-only per B) | overhead beyond work | memory ratio | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = r["batch_size"]
+        misses = []
+        if r["wait_share"] >= DATA_WAIT_TARGET:
+            misses.append("data wait")
+        if r["overhead"] >= OVERHEAD_TARGET:
+            misses.append("overhead")
+        lines.append(
+            f"| {r['configuration']} | {r['trainer']} | {r['median_s']:.3f} | {100 * r['wait_share']:.1f} % | "
+            f"{r['peak_mb']:.0f} | {r['time_ratio']:.2f} | {r['work_ratio']:.2f} | {r['count']:.2f} "
+            f"({r['encoder_samples_grad'] / b:g} / {r['encoder_samples_no_grad'] / b:g}) | "
+            f"{100 * r['overhead']:+.0f} % | {r['memory_ratio']:.2f} | "
+            f"{'miss: ' + ', '.join(misses) if misses else 'ok'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configurations", nargs="+", default=["2d", "3d_fullres"])
+    parser.add_argument("--trainers", nargs="+", help="default: nnUNetTrainer and every nnunet-ssl trainer")
+    parser.add_argument("--batch-size", nargs="+", default=[], metavar="CONFIG=N",
+                        help="override the plans' batch size per configuration (smaller for CPU runs)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default=None, help="cuda if available, else cpu")
+    parser.add_argument("--workdir", default=bc.DEFAULT_WORKDIR)
+    parser.add_argument("--output", help="results JSON (default <workdir>/step_benchmark.json)")
+    parser.add_argument("--profile", nargs=2, metavar=("TRAINER", "CONFIGURATION"),
+                        help="instead of the benchmark: torch.profiler table of one trainer's steps")
+    parser.add_argument("--one", nargs=2, metavar=("TRAINER", "CONFIGURATION"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    batch_sizes = {k: int(v) for k, v in (item.split("=") for item in args.batch_size)}
+
+    env = bc.prepare_hippocampus(args.workdir, args.configurations)
+    bc.use_env(env)
+    if args.profile:
+        trainer, configuration = args.profile
+        print(profile_one(trainer, configuration, batch_sizes.get(configuration), args.device or "cpu",
+                          args.warmup, args.steps), flush=True)
+        os._exit(0)
+    if args.one:
+        trainer, configuration = args.one
+        result = measure_one(trainer, configuration, batch_sizes.get(configuration), args.device, args.warmup,
+                             args.steps)
+        print("RESULT " + json.dumps(result), flush=True)
+        os._exit(0)  # do not wait for data-loader workers to wind down
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    bc.write_splits(env, 0.05, args.workdir)
+    trainers = args.trainers or bc.trainer_names()
+    if "nnUNetTrainer" not in trainers:
+        trainers = ["nnUNetTrainer"] + trainers
+    results = []
+    for configuration in args.configurations:
+        for trainer in trainers:
+            print(f"{configuration} {trainer}: {args.warmup} + {args.steps} steps ...", flush=True)
+            command = [sys.executable, os.path.abspath(__file__), "--one", trainer, configuration,
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+                       "--workdir", args.workdir, "--configurations", configuration, "--batch-size", *args.batch_size]
+            proc = subprocess.run(command, env=env, capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                raise RuntimeError(f"{trainer} {configuration} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            results.append(json.loads(line[len("RESULT "):]))
+            r = results[-1]
+            print(f"    median {r['median_s']:.3f} s, data wait {100 * r['wait_share']:.1f} %, "
+                  f"peak {r['peak_mb']:.0f} MB, {r['flops'] / 1e9:.1f} GFLOP", flush=True)
+    rows = ratios(results)
+    print(f"\ndevice {args.device} ({torch.__version__}, {torch.get_num_threads()} threads), nnUNet_n_proc_DA "
+          f"{rows[0]['n_proc_DA']}, {args.warmup} warm-up + {args.steps} timed steps; labeled batch B and patch: "
+          + "; ".join(f"{r['configuration']} B={r['batch_size']} x {r['patch_size']}"
+                      for r in rows if r["trainer"] == "nnUNetTrainer")
+          + " (SSL trainers add B unlabeled patches)")
+    print(table(rows))
+    output = args.output or os.path.join(args.workdir, "step_benchmark.json")
+    with open(output, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The benchmarks' pure helpers: the held-out test set, the ratios of the step benchmark, the aggregation of the
+label-efficiency runs. (The benchmarks themselves are timed runs and are not executed here.)"""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import bench_common  # noqa: E402
+import label_efficiency  # noqa: E402
+import step_benchmark  # noqa: E402
+
+
+def test_test_cases_are_a_fixed_seeded_fifth():
+    cases = [f"hippocampus_{i:03d}" for i in range(260)]
+    test = bench_common.test_case_ids(cases)
+    assert len(test) == 52 and len(set(test)) == 52 and set(test) <= set(cases)
+    assert test == bench_common.test_case_ids(list(reversed(cases)))  # order of listing does not matter
+    assert test != bench_common.test_case_ids(cases, seed=1)
+
+
+def _result(trainer, configuration, seconds, flops, peak, grad, no_grad=0, batch=2):
+    return {"trainer": trainer, "configuration": configuration, "median_s": seconds, "flops": flops,
+            "peak_mb": peak, "encoder_samples_grad": grad, "encoder_samples_no_grad": no_grad, "batch_size": batch,
+            "wait_share": 0.01}
+
+
+def test_step_ratios_are_relative_to_nnunet_of_the_same_configuration():
+    results = [_result("nnUNetTrainer", "2d", 1.0, 100, 1000, 2),
+               _result("nnUNetTrainer", "3d_fullres", 4.0, 1000, 2000, 2),
+               # Mean Teacher-like: student on 2B with grad, teacher on B without
+               _result("nnUNetTrainerMT", "3d_fullres", 10.0, 2000, 3000, 4, 2)]
+    rows = {(r["trainer"], r["configuration"]): r for r in step_benchmark.ratios(results)}
+    mt = rows["nnUNetTrainerMT", "3d_fullres"]
+    assert mt["time_ratio"] == pytest.approx(2.5)
+    assert mt["work_ratio"] == pytest.approx(2.0)
+    assert mt["overhead"] == pytest.approx(0.25)
+    assert mt["count"] == pytest.approx((4 + 2 / 3) / 2)
+    assert mt["memory_ratio"] == pytest.approx(1.5)
+    assert rows["nnUNetTrainer", "2d"]["overhead"] == pytest.approx(0.0)
+    assert "miss: overhead" in step_benchmark.table([mt]) and "| ok |" in step_benchmark.table([rows["nnUNetTrainer", "2d"]])
+
+
+def test_label_efficiency_summary_mean_std_over_folds_and_gain():
+    def rec(trainer, fold, dice):
+        return {"trainer": trainer, "fold": fold, "dice": dice, "dice_1": dice, "dice_2": dice, "hd95": 2.0,
+                "asd": None, "train_minutes": None}
+    rows = label_efficiency.summarise([rec("nnUNetTrainer", 0, 0.6), rec("nnUNetTrainer", 1, 0.8),
+                                       rec("nnUNetTrainerX", 0, 0.7), rec("nnUNetTrainerX", 1, 0.9)])
+    assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "nnUNetTrainerX"]
+    assert rows[0]["dice"] == pytest.approx((0.7, 0.1))
+    assert rows[1]["gain"] == pytest.approx(0.1)
+    assert rows[1]["asd"] is None and rows[1]["folds"] == [0, 1]
