@@ -56,7 +56,9 @@ def main(argv=None) -> None:
     os.makedirs(ext, exist_ok=True)
     with open(os.path.join(ext, "nnunet_ssl_demo_trainers.py"), "w") as f:
         f.write(DEMO_TRAINER_MODULE.format(trainer=args.tr, epochs=args.epochs, iterations=args.iterations))
-    env = dict(os.environ, **folders, nnUNet_extTrainer=ext)
+    # passive OpenMP waiting: spinning threads starve nnU-Net's augmentation workers on small CPUs
+    env = dict(os.environ, **folders, nnUNet_extTrainer=ext,
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     bin_dir = os.path.dirname(sys.executable)
     tool = lambda name: os.path.join(bin_dir, name)  # noqa: E731
     start = time.time()

@@ -11,6 +11,10 @@ import textwrap
 
 import pytest
 
+# torch's OpenMP threads spin while they wait; on a 2-core machine shared with nnU-Net's augmentation workers that
+# makes small convolutions several times slower. Passive waiting keeps the CPU end-to-end tests fast.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 TINY_TRAINERS = textwrap.dedent('''
     """Short-schedule variants of every nnunet-ssl trainer, for the end-to-end tests."""
     import os
