@@ -194,12 +194,13 @@ def test_train_step_runs_k_passes_each_stepping_with_the_previous_pass_feedback(
     assert result["discrepancy"] > 0
 
 
-def test_lefed_pass_total_is_both_supervised_terms_plus_weighted_consistency():
+def test_pass_total_is_both_supervised_terms_plus_weighted_consistency():
     net = build("PlainConvUNet", 2).train()
     trainer, _ = fake_trainer(net)
-    trainer.consistency_weight = 2.5
+    trainer.consistency_weight, trainer.pass_in_step = 2.5, 0
     target = [torch.rand(1, NUM_CLASSES, 16, 16), torch.rand(1, NUM_CLASSES, 8, 8)]
-    total, terms, _ = trainer.lefed_pass(image(2), target, 1, None)
+    images = image(2)
+    total, terms = trainer.compute_loss(images[:1], target, images[1:], {})
     assert torch.isclose(total, terms["sup1"] + terms["sup2"] + 2.5 * terms["cons"])
     total.backward()
     assert all(p.grad is not None for p in net.parameters()), "every parameter must enter the loss (DDP)"

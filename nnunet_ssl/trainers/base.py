@@ -3,15 +3,16 @@
 * unlabeled cases from every source present (see :mod:`nnunet_ssl.data.unlabeled`), checked against the fold;
 * a composite loader: each training step gets nnU-Net's labeled batch plus ``batch['unlabeled']``, both
   augmented by nnU-Net's own pipeline in nnU-Net's worker pool;
+* the network built from the plans: :meth:`build_ssl_network` wires fresh plans U-Nets into the method's network;
 * a train step with nnU-Net's AMP / gradient clipping / optimizer pattern around :meth:`compute_loss`, which a
-  method implements, returning its total loss and its named terms;
+  method implements, returning its total loss and its named terms (``passes_per_batch`` such passes per batch);
 * every term logged per epoch in nnU-Net's log and drawn in progress.png;
 * the ramp-up position derived from the epoch and the step within it, so ``--c`` resumes it exactly.
 
 All SSL state lives inside ``self.network`` (second network, teacher, extra decoder), so nnU-Net's own
 checkpoints hold it and ``--c`` restores it with nnU-Net's code.
 """
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,13 +41,16 @@ pretrained.install()
 
 class nnUNetTrainerSSLBase(nnUNetTrainer):
     """Base of all nnunet-ssl trainers. Subclasses implement :meth:`compute_loss` and usually
-    ``build_network_architecture``; hyper-parameters are class attributes, so a variant is a short subclass."""
+    :meth:`build_ssl_network`; hyper-parameters are class attributes, so a variant is a short subclass."""
 
     #: unlabeled patches per step (global, split across GPUs like the labeled batch); None = labeled batch size
     unlabeled_batch_size: Optional[int] = None
     #: fraction of the whole training over which :meth:`rampup` rises from ~0 to 1 (UA-MT / SSL4MIS ramp over
     #: the whole run: consistency_rampup x 150 iterations = max_iterations)
     rampup_fraction: float = 1.0
+    #: optimisation passes (forward, loss, backward, optimizer step) over each batch; ``self.pass_in_step`` tells
+    #: :meth:`compute_loss` which one it is
+    passes_per_batch: int = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -59,6 +63,24 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         self.unlabeled_cases: Dict[str, str] = {}
         self.batch_size_unlabeled: Optional[int] = None
         self.step_in_epoch = 0
+        self.pass_in_step = 0
+
+    # ---- network ----------------------------------------------------------------------------------------
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        """nnU-Net's hook, kept with its signature (nnU-Net's predictor calls it); methods override
+        :meth:`build_ssl_network` instead."""
+        def new_unet():
+            return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                            num_output_channels, enable_deep_supervision)
+        return cls.build_ssl_network(new_unet)
+
+    @classmethod
+    def build_ssl_network(cls, new_unet: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """The method's network from ``new_unet()``, which builds and initialises a new U-Net from the plans on
+        each call (so two calls give two differently initialised networks). Default: one plain U-Net."""
+        return new_unet()
 
     # ---- data -------------------------------------------------------------------------------------------
     def _set_batch_size_and_oversample(self):
@@ -204,12 +226,17 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     def train_step(self, batch: dict) -> dict:
         data, target = self.to_device(batch["data"]), self.to_device(batch["target"])
         data_unlabeled = self.to_device(batch["unlabeled"]["data"])
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss, terms = self.compute_loss(data, target, data_unlabeled, batch)
-        self.optimizer_step(loss)
+        logged = []
+        for self.pass_in_step in range(self.passes_per_batch):
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss, terms = self.compute_loss(data, target, data_unlabeled, batch)
+            self.optimizer_step(loss)
+            logged.append(torch.stack([torch.as_tensor(v, device=loss.device).detach().float()
+                                       for v in (loss, *terms.values())]))
         self.step_in_epoch += 1
-        return {"loss": loss.detach().cpu().numpy(), **{k: float(v) for k, v in terms.items()}}
+        means = torch.stack(logged).mean(0).cpu().tolist()  # one device sync per step, as nnU-Net's loss
+        return dict(zip(("loss", *terms), means))
 
     # ---- logging ----------------------------------------------------------------------------------------
     def on_train_epoch_start(self):

@@ -135,14 +135,10 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
     inference_mode = "first"
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
-        net1, net2 = (nnUNetTrainerSSLBase.build_network_architecture(
-            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
-            for _ in range(2))
+    def build_ssl_network(cls, new_unet):
         perturbations = ([ChannelDropout(cls.feature_dropout)] if cls.feature_dropout > 0 else []) + \
                         ([UniformFeatureNoise(cls.feature_noise)] if cls.feature_noise > 0 else [])
-        return TwoNetworksWithFeaturePerturbation(net1, net2, perturbations, inference=cls.inference_mode)
+        return TwoNetworksWithFeaturePerturbation(new_unet(), new_unet(), perturbations, inference=cls.inference_mode)
 
     def initialize(self):
         super().initialize()

@@ -107,13 +107,8 @@ class nnUNetTrainerDMD(nnUNetTrainerSSLBase):
                                  f"got {self.distillation!r}")
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
-        def unet():  # each call builds and initialises a new U-Net, so the two initialisations differ
-            return nnUNetTrainerSSLBase.build_network_architecture(
-                plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                enable_deep_supervision)
-        return TwoNetworks(unet(), unet(), inference=cls.inference_network)
+    def build_ssl_network(cls, new_unet):
+        return TwoNetworks(new_unet(), new_unet(), inference=cls.inference_network)  # two initialisations
 
     def distillation_term(self, logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
         regions = self.label_manager.has_regions

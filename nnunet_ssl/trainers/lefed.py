@@ -4,8 +4,8 @@ Semi-supervised Medical Image Segmentation", 2023), following the released code 
 
 One encoder and two differentiated decoders (:mod:`nnunet_ssl.networks.lefed`): decoder 1 is nnU-Net's decoder,
 decoder 2 upsamples by interpolation + conv and gates its skips with decoder 1's features. Each batch (nnU-Net's
-labeled patches + as many unlabeled ones, one concatenated forward) runs ``passes_per_batch`` passes, each
-forward -> loss -> backward -> optimizer step. The first pass has no feedback; every later pass adds
+labeled patches + as many unlabeled ones, one concatenated forward) runs ``passes_per_batch`` passes (the base's
+loop), each forward -> loss -> backward -> optimizer step. The first pass has no feedback; every later pass adds
 ``feedback_scale * (f2 - f1)`` of the previous pass's decoder features (detached) to the encoder's stage outputs.
 The loss of every pass is nnU-Net's supervised loss (Dice+CE, deep supervision) on the labeled part for both
 decoders, plus ``consistency_weight`` times the mean squared difference of the two decoders' probabilities over
@@ -59,36 +59,21 @@ class nnUNetTrainerLeFeD(nnUNetTrainerSSLBase):
     inference_decoders = "first"
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
-        unet = nnUNetTrainerSSLBase.build_network_architecture(
-            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
-        return LeFeDNetwork(unet, inference=cls.inference_decoders)
+    def build_ssl_network(cls, new_unet):
+        return LeFeDNetwork(new_unet(), inference=cls.inference_decoders)
 
-    def lefed_pass(self, images, target, n_labeled: int, feedback):
-        """One forward and its loss. Returns ``(total, {term: value}, feedback for the next pass)``."""
-        out1, out2, features1, features2 = self.network(images, feedback)
-        labeled = slice(None, n_labeled)
+    def compute_loss(self, data, target, data_unlabeled, batch):
+        """One pass over labeled + unlabeled patches; passes after the first feed the previous pass's decoder
+        discrepancy back into the encoder."""
+        feedback = self.next_feedback if self.pass_in_step > 0 else None
+        out1, out2, features1, features2 = self.network(torch.cat((data, data_unlabeled)), feedback)
+        labeled = slice(None, data.shape[0])
         sup1 = self.loss(batch_part(out1, labeled), target)
         sup2 = self.loss(batch_part(out2, labeled), target)
         cons = decoder_consistency(out1, out2, self.label_manager.has_regions)
         differences = feature_discrepancy(features1, features2)
+        self.next_feedback = [self.feedback_scale * d for d in differences] \
+            if self.pass_in_step + 1 < self.passes_per_batch else None
         terms = {"sup1": sup1.detach(), "sup2": sup2.detach(), "cons": cons.detach(),
                  "discrepancy": torch.stack([d.abs().mean() for d in differences]).mean()}
-        next_feedback = [self.feedback_scale * d for d in differences]
-        return sup1 + sup2 + self.consistency_weight * cons, terms, next_feedback
-
-    def train_step(self, batch: dict) -> dict:
-        """``passes_per_batch`` passes over the same batch, one optimizer step each; returns the mean loss and
-        terms over the passes."""
-        data, target = self.to_device(batch["data"]), self.to_device(batch["target"])
-        images = torch.cat((data, self.to_device(batch["unlabeled"]["data"])))
-        feedback, passes = None, []
-        for _ in range(self.passes_per_batch):
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss, terms, feedback = self.lefed_pass(images, target, data.shape[0], feedback)
-            self.optimizer_step(loss)
-            passes.append({"loss": loss.detach(), **terms})
-        self.step_in_epoch += 1
-        return {key: float(torch.stack([p[key].float() for p in passes]).mean()) for key in passes[0]}
+        return sup1 + sup2 + self.consistency_weight * cons, terms

@@ -23,11 +23,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
     inference_network = "student"
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
-        student = nnUNetTrainerSSLBase.build_network_architecture(
-            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
-        return StudentTeacher(student, inference=cls.inference_network)
+    def build_ssl_network(cls, new_unet):
+        return StudentTeacher(new_unet(), inference=cls.inference_network)
 
     def compute_loss(self, data, target, data_unlabeled, batch):
         noise = torch.clamp(torch.randn_like(data_unlabeled) * self.teacher_noise_std,

@@ -150,11 +150,8 @@ class nnUNetTrainerUADCT(nnUNetTrainerSSLBase):
                                  f"got {self.consistency_uncertainty!r}")
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
-        unets = [add_head_dropout(nnUNetTrainerSSLBase.build_network_architecture(
-            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision),
-            cls.mc_dropout_rate) for _ in range(2)]
+    def build_ssl_network(cls, new_unet):
+        unets = [add_head_dropout(new_unet(), cls.mc_dropout_rate) for _ in range(2)]
         return TwoNetworks(*unets, inference=cls.inference)
 
     def mc_mean_probabilities(self, unet, logits: torch.Tensor) -> torch.Tensor:
