@@ -1,8 +1,6 @@
 import pytest
-import torch
 
 from e2e import train_resume_predict
-from nnunet_ssl.networks.containers import StudentTeacher
 
 
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])

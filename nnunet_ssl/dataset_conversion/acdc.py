@@ -28,9 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ssl.dataset_conversion.common import (
-    add_dataset_arguments, build_raw_dataset, check_disjoint, check_label_values, check_missing,
-    exit_on_config_error, image_from_array, label_on_image_grid, progress, raw_dataset_path, read_h5, read_id_list,
-    read_image, write_case)
+    add_dataset_arguments, add_standard_split_arguments, build_raw_dataset, check_disjoint, check_label_values,
+    check_missing, exit_on_config_error, image_from_array, label_on_image_grid, progress, raw_dataset_path, read_h5,
+    read_id_list, read_image, write_case)
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.splits import fold_from_protocol
 
@@ -170,11 +170,8 @@ def main(argv=None) -> None:
     parser.add_argument("-i", "--input", required=True,
                         help="folder with the lists and data/ (SSL4MIS h5) or the patientXXX folders (NIfTI)")
     add_dataset_arguments(parser)
-    parser.add_argument("--num-labeled", type=int, default=7,
-                        help="labeled patients: the first N of train.list (3 or 7 in the literature; default 7)")
-    parser.add_argument("--lists", help="folder with train.list, val.list and test.list (default: the input folder)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="skip listed unlabeled, val or test volumes that have no files (e.g. a partial copy)")
+    add_standard_split_arguments(parser, "patients", "train.list, val.list and test.list", 7, "3 or 7",
+                                 "unlabeled, val or test volumes")
     args = parser.parse_args(argv)
     with exit_on_config_error():
         convert_acdc(args.input, args.dataset_id, args.num_labeled, args.lists, args.allow_missing, args.overwrite)

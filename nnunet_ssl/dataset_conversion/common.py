@@ -251,6 +251,18 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                              "dataset.json or split)")
 
 
+def add_standard_split_arguments(parser: argparse.ArgumentParser, unit: str, lists: str, num_labeled: int,
+                                 literature: str, skipped: str) -> None:
+    """The options of a converter that writes the field's standard split: how many ``unit``s are labeled, where
+    the ``lists`` are, and whether listed ``skipped`` volumes without files may be left out."""
+    parser.add_argument("--num-labeled", type=int, default=num_labeled,
+                        help=f"labeled {unit}: the first N of train.list ({literature} in the literature; "
+                             f"default {num_labeled})")
+    parser.add_argument("--lists", help=f"folder with {lists} (default: the input folder)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help=f"skip listed {skipped} that have no files (e.g. a partial copy)")
+
+
 @contextmanager
 def exit_on_config_error() -> Iterator[None]:
     """For command-line ``main()``: print an SSLConfigError as ``error: <message>`` and exit with status 1."""

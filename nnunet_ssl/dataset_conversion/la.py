@@ -25,9 +25,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ssl.dataset_conversion.common import (
-    add_dataset_arguments, build_raw_dataset, check_disjoint, check_label_values, check_missing,
-    exit_on_config_error, image_from_array, label_on_image_grid, progress, raw_dataset_path, read_h5, read_id_list,
-    read_image, write_case)
+    add_dataset_arguments, add_standard_split_arguments, build_raw_dataset, check_disjoint, check_label_values,
+    check_missing, exit_on_config_error, image_from_array, label_on_image_grid, progress, raw_dataset_path, read_h5,
+    read_id_list, read_image, write_case)
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.splits import fold_from_protocol
 
@@ -118,11 +118,8 @@ def main(argv=None) -> None:
     parser.add_argument("-i", "--input", required=True,
                         help="folder with train.list, test.list and the case folders (UA-MT's data/ folder)")
     add_dataset_arguments(parser)
-    parser.add_argument("--num-labeled", type=int, default=8,
-                        help="labeled cases: the first N ids of train.list (8 or 16 in the literature; default 8)")
-    parser.add_argument("--lists", help="folder with train.list and test.list (default: the input folder)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="skip listed unlabeled or test cases that have no files (e.g. a partial copy)")
+    add_standard_split_arguments(parser, "cases", "train.list and test.list", 8, "8 or 16",
+                                 "unlabeled or test cases")
     args = parser.parse_args(argv)
     with exit_on_config_error():
         convert_la(args.input, args.dataset_id, args.num_labeled, args.lists, args.allow_missing, args.overwrite)

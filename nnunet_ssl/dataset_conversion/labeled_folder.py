@@ -7,7 +7,6 @@ the largest value found in the labels. No split is written: after nnUNetv2_plan_
 semi-supervised split with ``nnunet_ssl_split``.
 """
 import argparse
-import os
 import sys
 from typing import Dict, Iterable, Optional, Tuple
 
