@@ -1,5 +1,6 @@
-"""What both benchmarks share: the nnU-Net folders of the benchmark, the real dataset (MSD Hippocampus with a fixed
-held-out test set), the trainers to compare, and running console commands with progress output."""
+"""What both benchmarks share: the nnU-Net folders of the benchmark, the real datasets (MSD Hippocampus with a fixed
+held-out test set; ACDC with SSL4MIS's split), the trainers to compare, and running console commands with progress
+output."""
 import json
 import os
 import shutil
@@ -16,6 +17,10 @@ HIPPOCAMPUS = os.environ.get("NNUNET_SSL_HIPPOCAMPUS", os.path.join(
     os.path.dirname(REPO), "shared", "data", "MSD_Task04_Hippocampus", "TrainingSet"))
 DATASET_ID = 4
 DATASET_NAME = "Dataset004_Hippocampus"
+#: ACDC in SSL4MIS's h5 form with its lists (../shared/data/ACDC unless NNUNET_SSL_ACDC is set)
+ACDC = os.environ.get("NNUNET_SSL_ACDC", os.path.join(os.path.dirname(REPO), "shared", "data", "ACDC"))
+ACDC_ID = 27
+ACDC_NAME = "Dataset027_ACDC"
 #: cases moved to imagesTs/labelsTs before planning; never in any split, so never trained on
 TEST_FRACTION = 0.2
 TEST_SEED = 0
@@ -88,13 +93,31 @@ def prepare_hippocampus(workdir: str, configurations=("2d", "3d_fullres")) -> di
              "--modality", "MRI", "--labels", "background=0,anterior=1,posterior=2"], env)
     if not os.path.isdir(os.path.join(raw, "labelsTs")):
         hold_out_test_cases(raw)
-    preprocessed = os.path.join(env["nnUNet_preprocessed"], DATASET_NAME)
+    plan_and_preprocess(env, DATASET_ID, DATASET_NAME, configurations, workdir)
+    return env
+
+
+def prepare_acdc(workdir: str, configurations=("2d",)) -> dict:
+    """Convert ACDC with SSL4MIS's protocol (``nnunet_ssl_convert_acdc``: the test.list patients in
+    imagesTs/labelsTs, never trained on; one fold with the first 7 train.list patients labeled, the other 63
+    unlabeled, val.list as validation), plan and preprocess. Each step is skipped when its output exists."""
+    env = nnunet_env(workdir)
+    if not os.path.isfile(os.path.join(env["nnUNet_raw"], ACDC_NAME, "dataset.json")):
+        print("converting ACDC", flush=True)
+        run([bin_path("nnunet_ssl_convert_acdc"), "-i", ACDC, "-d", str(ACDC_ID)], env)
+    plan_and_preprocess(env, ACDC_ID, ACDC_NAME, configurations, workdir)
+    return env
+
+
+def plan_and_preprocess(env: dict, dataset_id: int, dataset_name: str, configurations, workdir: str) -> None:
+    """nnU-Net's planning and preprocessing of the configurations not preprocessed yet."""
+    preprocessed = os.path.join(env["nnUNet_preprocessed"], dataset_name)
     missing = [c for c in configurations if not os.path.isdir(os.path.join(preprocessed, _data_identifier(c)))]
     if missing:
-        print(f"planning and preprocessing {missing}", flush=True)
-        run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", *missing, "-np", "2"], env,
-            os.path.join(workdir, "preprocess.log"))
-    return env
+        print(f"planning and preprocessing {dataset_name} {missing}", flush=True)
+        workers = str(min(8, os.cpu_count() or 2))
+        run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", *missing, "-np", workers], env,
+            os.path.join(workdir, f"preprocess_{dataset_name}.log"))
 
 
 def _data_identifier(configuration: str) -> str:

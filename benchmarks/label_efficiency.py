@@ -1,14 +1,19 @@
 """Label-efficiency benchmark: nnU-Net on a few labeled cases alone versus every SSL trainer with the same labeled
 cases plus the rest as unlabeled, the same number of iterations, scored on held-out test cases.
 
-    python benchmarks/label_efficiency.py --budget cpu-1h      # about an hour on a 2-core CPU
-    python benchmarks/label_efficiency.py --budget gpu         # one GPU, several hours
+    python benchmarks/label_efficiency.py --budget cpu-1h      # Hippocampus, about an hour on a 2-core CPU
+    python benchmarks/label_efficiency.py --budget gpu         # Hippocampus 3d_fullres, one GPU, several hours
+    python benchmarks/label_efficiency.py --budget acdc-gpu    # ACDC 2d, SSL4MIS split, one GPU, short
 
-Data: MSD Hippocampus (../shared/data). A fixed, seeded 20 % of the cases is moved to imagesTs/labelsTs *before*
-planning, so no split can contain them and they are never trained on (not even as unlabeled cases). The rest is
-planned and preprocessed; ``nnunet_ssl_split --fraction F --folds 5`` then makes nnU-Net's 5 folds with a labeled
-fraction F of each fold's training cases and the others unlabeled. Each fold is one repetition (other labeled cases,
-other initialisation); the fold's ``val`` cases only feed nnU-Net's online pseudo-Dice.
+Data (../shared/data):
+* MSD Hippocampus. A fixed, seeded 20 % of the cases is moved to imagesTs/labelsTs *before* planning, so no split
+  can contain them and they are never trained on (not even as unlabeled cases). The rest is planned and
+  preprocessed; ``nnunet_ssl_split --fraction F --folds 5`` then makes nnU-Net's 5 folds with a labeled fraction F
+  of each fold's training cases and the others unlabeled. Each fold is one repetition (other labeled cases, other
+  initialisation); the fold's ``val`` cases only feed nnU-Net's online pseudo-Dice.
+* ACDC (SSL4MIS h5 and lists), converted by ``nnunet_ssl_convert_acdc``: test.list's 20 patients are the test set
+  (imagesTs/labelsTs), the one fold labels train.list's first 7 patients (SSL4MIS's 136 slices, 10 %) and leaves
+  the other 63 unlabeled; val.list's 10 patients are the validation cases.
 
 Every trainer runs as a short-schedule variant (``<Trainer>_bench_<budget>``, written into the benchmark's own
 ``nnUNet_extTrainer`` folder): the budget's epochs x iterations and batch size for all, and no final validation
@@ -32,14 +37,26 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as bc  # noqa: E402
 
-#: configuration, labeled fraction, folds, schedule, batch size (None = the plans'), device, test-time mirroring
+#: nnU-Net id and folder of each dataset, and its foreground labels (value: name), all scored
+DATASETS = {
+    "hippocampus": dict(id=bc.DATASET_ID, name=bc.DATASET_NAME, labels={1: "anterior", 2: "posterior"}),
+    "acdc": dict(id=bc.ACDC_ID, name=bc.ACDC_NAME, labels={1: "RV", 2: "MYO", 3: "LV"}),
+}
+
+#: dataset, configuration, labeled fraction (Hippocampus; ACDC has SSL4MIS's split), folds, schedule, batch size
+#: (None = the plans'), device, test-time mirroring
 BUDGETS = {
-    "smoke": dict(configuration="2d", fraction=0.05, folds=[0], epochs=1, iterations=2, val_iterations=1,
-                  batch_size=4, device="cpu", tta=False),
-    "cpu-1h": dict(configuration="2d", fraction=0.05, folds=[0], epochs=30, iterations=12, val_iterations=2,
-                   batch_size=2, device="cpu", tta=False),
-    "gpu": dict(configuration="3d_fullres", fraction=0.05, folds=[0, 1, 2], epochs=100, iterations=250,
-                val_iterations=50, batch_size=None, device="cuda", tta=True),
+    "smoke": dict(dataset="hippocampus", configuration="2d", fraction=0.05, folds=[0], epochs=1, iterations=2,
+                  val_iterations=1, batch_size=4, device="cpu", tta=False),
+    "cpu-1h": dict(dataset="hippocampus", configuration="2d", fraction=0.05, folds=[0], epochs=30, iterations=12,
+                   val_iterations=2, batch_size=2, device="cpu", tta=False),
+    "gpu": dict(dataset="hippocampus", configuration="3d_fullres", fraction=0.05, folds=[0, 1, 2], epochs=100,
+                iterations=250, val_iterations=50, batch_size=None, device="cuda", tta=True),
+    "acdc-smoke": dict(dataset="acdc", configuration="2d", fraction=None, folds=[0], epochs=1, iterations=2,
+                       val_iterations=1, batch_size=4, device="cpu", tta=False),
+    # sized (not measured) to fit the six trainers into about 20 minutes of one GPU
+    "acdc-gpu": dict(dataset="acdc", configuration="2d", fraction=None, folds=[0], epochs=10, iterations=50,
+                     val_iterations=10, batch_size=8, device="cuda", tta=True),
 }
 
 VARIANTS = textwrap.dedent('''
@@ -91,25 +108,48 @@ def write_variants(workdir: str) -> None:
         f.write(VARIANTS.format(schedules=schedules))
 
 
+def prepare(budget: dict, workdir: str) -> dict:
+    """The budget's dataset converted, planned, preprocessed and split; returns the benchmark environment."""
+    configurations = (budget["configuration"],)
+    if budget["dataset"] == "acdc":
+        return bc.prepare_acdc(workdir, configurations)
+    env = bc.prepare_hippocampus(workdir, configurations)
+    bc.write_splits(env, budget["fraction"], workdir)
+    return env
+
+
+def labeled_cases(env: dict, dataset: dict, folds) -> str:
+    """How many labeled and unlabeled training cases the first fold has, from splits_final.json; exits when a fold
+    is not in it (nnU-Net would silently train on a random split of all cases, all labeled)."""
+    splits_file = os.path.join(env["nnUNet_preprocessed"], dataset["name"], "splits_final.json")
+    with open(splits_file) as f:
+        splits = json.load(f)
+    if max(folds) >= len(splits):
+        raise SystemExit(f"error: fold {max(folds)} is not in {splits_file} ({len(splits)} fold(s))")
+    split = splits[folds[0]]
+    return f"{len(split['train'])} labeled + {len(split.get('unlabeled', []))} unlabeled training cases"
+
+
 def run_one(env, budget: dict, tag: str, trainer: str, fold: int, out: str, test_images: str, test_labels: str):
     """Train (or continue), predict the test images, score them. Each stage is skipped when its output exists."""
     variant = f"{trainer}_bench_{tag}"
     configuration = budget["configuration"]
-    model = os.path.join(env["nnUNet_results"], bc.DATASET_NAME, f"{variant}__nnUNetPlans__{configuration}")
+    dataset = DATASETS[budget["dataset"]]
+    model = os.path.join(env["nnUNet_results"], dataset["name"], f"{variant}__nnUNetPlans__{configuration}")
     fold_dir = os.path.join(model, f"fold_{fold}")
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "commands.log")
     if not os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth")):
         resume = ["--c"] if os.path.isfile(os.path.join(fold_dir, "checkpoint_latest.pth")) else []
         start = time.time()
-        bc.run([bc.bin_path("nnUNetv2_train"), str(bc.DATASET_ID), configuration, str(fold), "-tr", variant,
+        bc.run([bc.bin_path("nnUNetv2_train"), str(dataset["id"]), configuration, str(fold), "-tr", variant,
                 "-device", budget["device"], *resume], env, log)
         with open(os.path.join(out, "train_time.json"), "w") as f:
             json.dump({"seconds": time.time() - start, "resumed": bool(resume)}, f)
     pred = os.path.join(out, "pred")
     n_test = len(glob.glob(os.path.join(test_images, "*.nii.gz")))
     if len(glob.glob(os.path.join(pred, "*.nii.gz"))) < n_test:
-        args = [bc.bin_path("nnUNetv2_predict"), "-i", test_images, "-o", pred, "-d", str(bc.DATASET_ID),
+        args = [bc.bin_path("nnUNetv2_predict"), "-i", test_images, "-o", pred, "-d", str(dataset["id"]),
                 "-c", configuration, "-f", str(fold), "-tr", variant, "-chk", "checkpoint_final.pth",
                 "-device", budget["device"]]
         if budget["device"] == "cpu":
@@ -119,7 +159,8 @@ def run_one(env, budget: dict, tag: str, trainer: str, fold: int, out: str, test
         bc.run(args, env, log)
     scores = os.path.join(out, "scores.json")
     if not os.path.isfile(scores):
-        bc.run([bc.bin_path("nnunet_ssl_evaluate"), pred, test_labels, "-o", scores, "-l", "1", "2", "-np", "2"],
+        labels = [str(label) for label in dataset["labels"]]
+        bc.run([bc.bin_path("nnunet_ssl_evaluate"), pred, test_labels, "-o", scores, "-l", *labels, "-np", "2"],
                env, log)
     return fold_dir
 
@@ -131,14 +172,14 @@ def pseudo_dice_curve(fold_dir: str):
     return [float(v) for v in checkpoint["logging"]["ema_fg_dice"]]
 
 
-def summarise(records: list) -> list:
+def summarise(records: list, labels) -> list:
     """Per trainer: mean and std over folds of the test metrics (foreground mean and per label)."""
     import numpy as np
     rows = []
     for trainer in dict.fromkeys(r["trainer"] for r in records):
         runs = [r for r in records if r["trainer"] == trainer]
         row = {"trainer": trainer, "folds": [r["fold"] for r in runs]}
-        for key in ("dice", "dice_1", "dice_2", "hd95", "asd", "train_minutes"):
+        for key in ("dice", *(f"dice_{label}" for label in labels), "hd95", "asd", "train_minutes"):
             values = np.array([r[key] for r in runs if r.get(key) is not None], dtype=float)
             row[key] = (float(values.mean()), float(values.std())) if len(values) else None
         rows.append(row)
@@ -148,15 +189,15 @@ def summarise(records: list) -> list:
     return rows
 
 
-def record(trainer: str, fold: int, out: str) -> dict:
+def record(trainer: str, fold: int, out: str, labels) -> dict:
     with open(os.path.join(out, "scores.json")) as f:
         scores = json.load(f)
     fg = scores["foreground_mean"]
     per_label = scores["mean"]
     timing_file = os.path.join(out, "train_time.json")
     timing = json.load(open(timing_file)) if os.path.isfile(timing_file) else None
-    return {"trainer": trainer, "fold": fold, "dice": fg["Dice"], "dice_1": per_label["1"]["Dice"],
-            "dice_2": per_label["2"]["Dice"], "hd95": fg.get("HD95"), "asd": fg.get("ASD"),
+    return {"trainer": trainer, "fold": fold, "dice": fg["Dice"], "hd95": fg.get("HD95"), "asd": fg.get("ASD"),
+            **{f"dice_{label}": per_label[str(label)]["Dice"] for label in labels},
             "train_minutes": timing["seconds"] / 60 if timing and not timing["resumed"] else None}
 
 
@@ -167,16 +208,17 @@ def fmt(value, digits=3):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def table(rows: list, budget: dict) -> str:
-    lines = [f"Test set: {budget['n_test']} held-out cases; {len(budget['folds'])} fold(s); labeled fraction "
-             f"{budget['fraction']} of each fold's training cases; {budget['epochs']} x {budget['iterations']} "
+def table(rows: list, budget: dict, labels: dict) -> str:
+    lines = [f"{budget['dataset']}: test set of {budget['n_test']} held-out cases; {len(budget['folds'])} fold(s); "
+             f"{budget['labeled']} (fold {budget['folds'][0]}); {budget['epochs']} x {budget['iterations']} "
              f"iterations, batch {budget['batch_size'] or 'from plans'}, {budget['configuration']}, test-time "
              f"mirroring {'on' if budget['tta'] else 'off'}; mean ± std over folds (std 0 with one fold).", "",
-             "| Trainer | Dice (fg mean) | Δ vs nnUNetTrainer | Dice anterior | Dice posterior | HD95 mm | ASD mm "
-             "| train min |", "|---|---|---|---|---|---|---|---|"]
+             "| Trainer | Dice (fg mean) | Δ vs nnUNetTrainer | " + "".join(f"Dice {n} | " for n in labels.values())
+             + "HD95 mm | ASD mm | train min |", "|---|---|---|" + "---|" * len(labels) + "---|---|---|"]
     for r in rows:
         gain = "n/a" if r["gain"] is None else f"{r['gain']:+.3f}"
-        lines.append(f"| {r['trainer']} | {fmt(r['dice'])} | {gain} | {fmt(r['dice_1'])} | {fmt(r['dice_2'])} | "
+        per_label = "".join(f"{fmt(r[f'dice_{label}'])} | " for label in labels)
+        lines.append(f"| {r['trainer']} | {fmt(r['dice'])} | {gain} | {per_label}"
                      f"{fmt(r['hd95'], 2)} | {fmt(r['asd'], 2)} | {fmt(r['train_minutes'], 1)} |")
     return "\n".join(lines)
 
@@ -202,7 +244,7 @@ def plot(curves: dict, rows: list, budget: dict, path: str) -> None:
     right.bar(names, [r["dice"][0] for r in rows], yerr=[r["dice"][1] for r in rows], capsize=4,
               color=[colors[r["trainer"]] for r in rows])
     right.set_ylabel(f"test Dice, foreground mean ({budget['n_test']} held-out cases)")
-    right.set_title(f"Labeled fraction {budget['fraction']}, {budget['configuration']}")
+    right.set_title(f"{budget['dataset']}, {budget['labeled']}, {budget['configuration']}", fontsize=9)
     right.tick_params(axis="x", rotation=20)
     lo = min(r["dice"][0] for r in rows)
     right.set_ylim(max(0.0, lo - 0.1), min(1.0, max(r["dice"][0] for r in rows) + 0.05))
@@ -217,18 +259,19 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default=bc.DEFAULT_WORKDIR, help="nnU-Net folders and runs (default %(default)s)")
     parser.add_argument("--trainers", nargs="+", help="subset of trainers (default: nnUNetTrainer and all SSL ones)")
     parser.add_argument("--folds", type=int, nargs="+", help="override the budget's folds")
-    parser.add_argument("--plot", help="PNG path (default benchmarks/label_efficiency_<budget>.png; smoke: in "
-                                       "the workdir)")
+    parser.add_argument("--plot", help="PNG path (default benchmarks/label_efficiency_<budget>.png; smoke budgets: "
+                                       "in the workdir)")
     args = parser.parse_args(argv)
 
     budget = dict(BUDGETS[args.budget])
     if args.folds:
         budget["folds"] = args.folds
     tag = budget_tag(args.budget)
-    env = bc.prepare_hippocampus(args.workdir, (budget["configuration"],))
+    dataset = DATASETS[budget["dataset"]]
+    env = prepare(budget, args.workdir)
     write_variants(args.workdir)
-    bc.write_splits(env, budget["fraction"], args.workdir)
-    raw = os.path.join(env["nnUNet_raw"], bc.DATASET_NAME)
+    budget["labeled"] = labeled_cases(env, dataset, budget["folds"])
+    raw = os.path.join(env["nnUNet_raw"], dataset["name"])
     test_images, test_labels = os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs")
     budget["n_test"] = len(glob.glob(os.path.join(test_labels, "*.nii.gz")))
 
@@ -240,12 +283,12 @@ def main(argv=None) -> None:
         print(f"[{i}/{len(runs)}] {trainer} fold {fold} ({(time.time() - start) / 60:.1f} min elapsed)", flush=True)
         out = os.path.join(args.workdir, "label_efficiency", args.budget, f"fold_{fold}", trainer)
         fold_dir = run_one(env, budget, tag, trainer, fold, out, test_images, test_labels)
-        records.append(record(trainer, fold, out))
+        records.append(record(trainer, fold, out, dataset["labels"]))
         curves.setdefault(trainer, []).append(pseudo_dice_curve(fold_dir))
         print(f"    test Dice {records[-1]['dice']:.3f}", flush=True)
 
-    rows = summarise(records)
-    text = table(rows, budget)
+    rows = summarise(records, dataset["labels"])
+    text = table(rows, budget, dataset["labels"])
     print("\n" + text)
     results_dir = os.path.join(args.workdir, "label_efficiency", args.budget)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
@@ -253,8 +296,8 @@ def main(argv=None) -> None:
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write(text + "\n")
     published = os.path.join(bc.REPO, "benchmarks", f"label_efficiency_{tag}.png")
-    plot(curves, rows, budget, args.plot or (os.path.join(results_dir, "plot.png") if args.budget == "smoke"
-                                             else published))
+    smoke = args.budget.endswith("smoke")
+    plot(curves, rows, budget, args.plot or (os.path.join(results_dir, "plot.png") if smoke else published))
     print(f"total {(time.time() - start) / 60:.1f} min")
 
 

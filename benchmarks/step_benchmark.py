@@ -19,7 +19,9 @@ Work a trainer must do: one extra step runs under ``torch.utils.flop_counter.Flo
 floating-point operations of every convolution and matrix product in the forward *and* backward passes (also
 no-grad passes such as teachers or Monte Carlo samples, and every pass of multi-pass methods). ``work`` is that
 count relative to nnUNetTrainer's; ``overhead = time ratio / work ratio - 1`` is the cost beyond that compute
-(target < 10 %). A forward hook on every U-Net encoder also counts samples through encoders, with and without
+(target < 10 %). Small batches can under-use the hardware, which makes a trainer that runs 2B samples per pass
+look cheaper than its work; a control row, nnUNetTrainer at batch 2B (``nnUNetTrainer@2B``), shows that, and
+``overhead vs 2B`` compares every trainer's time per FLOP with the control's. A forward hook on every U-Net encoder also counts samples through encoders, with and without
 gradient, per labeled sample ("networks x passes x samples"; forward-only counts 1/3 in ``count``, backward ~ 2
 forwards).
 
@@ -153,12 +155,19 @@ def profile_one(trainer_name: str, configuration: str, batch_size, device: str, 
     return prof.key_averages().table(sort_by=sort, row_limit=25)
 
 
+CONTROL = "nnUNetTrainer@2B"
+
+
 def ratios(results: list) -> list:
-    """Adds, per result, time/work/memory ratios to nnUNetTrainer of the same configuration."""
+    """Adds, per result, time/work/memory ratios to nnUNetTrainer of the same configuration, and the time per
+    FLOP relative to the nnUNetTrainer@2B control's (when measured)."""
     rows = []
     for r in results:
-        base = next(b for b in results if b["trainer"] == "nnUNetTrainer" and b["configuration"] == r["configuration"])
+        same = {b["trainer"]: b for b in results if b["configuration"] == r["configuration"]}
+        base, control = same["nnUNetTrainer"], same.get(CONTROL)
         row = dict(r)
+        row["overhead_2b"] = None if control is None else \
+            (r["median_s"] / r["flops"]) / (control["median_s"] / control["flops"]) - 1
         row["time_ratio"] = r["median_s"] / base["median_s"]
         row["work_ratio"] = r["flops"] / base["flops"]
         row["count"] = (r["encoder_samples_grad"] + r["encoder_samples_no_grad"] / 3) / base["encoder_samples_grad"]
@@ -170,22 +179,44 @@ def ratios(results: list) -> list:
 
 def table(rows: list) -> str:
     lines = ["| config | Trainer | median step s | data wait | peak MB | time ratio | work ratio (FLOPs) "
-             "| count (enc. samples fwd+bwd / fwd-only per B) | overhead beyond work | memory ratio | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| count (enc. samples fwd+bwd / fwd-only per B) | overhead beyond work | overhead vs 2B | memory ratio "
+             "| targets |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = r["batch_size"]
         misses = []
         if r["wait_share"] >= DATA_WAIT_TARGET:
             misses.append("data wait")
-        if r["overhead"] >= OVERHEAD_TARGET:
+        if r["overhead"] >= OVERHEAD_TARGET and r["trainer"] != CONTROL:
             misses.append("overhead")
+        overhead_2b = "n/a" if r["overhead_2b"] is None else f"{100 * r['overhead_2b']:+.0f} %"
         lines.append(
             f"| {r['configuration']} | {r['trainer']} | {r['median_s']:.3f} | {100 * r['wait_share']:.1f} % | "
             f"{r['peak_mb']:.0f} | {r['time_ratio']:.2f} | {r['work_ratio']:.2f} | {r['count']:.2f} "
             f"({r['encoder_samples_grad'] / b:g} / {r['encoder_samples_no_grad'] / b:g}) | "
-            f"{100 * r['overhead']:+.0f} % | {r['memory_ratio']:.2f} | "
+            f"{100 * r['overhead']:+.0f} % | {overhead_2b} | {r['memory_ratio']:.2f} | "
             f"{'miss: ' + ', '.join(misses) if misses else 'ok'} |")
     return "\n".join(lines)
+
+
+def measure(trainer: str, configuration: str, args, env: dict, batch_size: str = None) -> dict:
+    """One (trainer, configuration) measured in its own process (``--one``); ``batch_size`` overrides
+    ``--batch-size`` as CONFIG=N."""
+    print(f"{configuration} {trainer}{' ' + batch_size if batch_size else ''}: {args.warmup} + {args.steps} "
+          f"steps ...", flush=True)
+    command = [sys.executable, os.path.abspath(__file__), "--one", trainer, configuration,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+               "--workdir", args.workdir, "--configurations", configuration]
+    batch_sizes = [batch_size] if batch_size else args.batch_size
+    if batch_sizes:
+        command += ["--batch-size", *batch_sizes]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{trainer} {configuration} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    r = json.loads(line[len("RESULT "):])
+    print(f"    median {r['median_s']:.3f} s, data wait {100 * r['wait_share']:.1f} %, "
+          f"peak {r['peak_mb']:.0f} MB, {r['flops'] / 1e9:.1f} GFLOP", flush=True)
+    return r
 
 
 def main(argv=None) -> None:
@@ -201,6 +232,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output", help="results JSON (default <workdir>/step_benchmark.json)")
     parser.add_argument("--profile", nargs=2, metavar=("TRAINER", "CONFIGURATION"),
                         help="instead of the benchmark: torch.profiler table of one trainer's steps")
+    parser.add_argument("--no-control", action="store_true", help="skip the nnUNetTrainer@2B control row")
     parser.add_argument("--one", nargs=2, metavar=("TRAINER", "CONFIGURATION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     batch_sizes = {k: int(v) for k, v in (item.split("=") for item in args.batch_size)}
@@ -228,18 +260,10 @@ def main(argv=None) -> None:
     results = []
     for configuration in args.configurations:
         for trainer in trainers:
-            print(f"{configuration} {trainer}: {args.warmup} + {args.steps} steps ...", flush=True)
-            command = [sys.executable, os.path.abspath(__file__), "--one", trainer, configuration,
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-                       "--workdir", args.workdir, "--configurations", configuration, "--batch-size", *args.batch_size]
-            proc = subprocess.run(command, env=env, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                raise RuntimeError(f"{trainer} {configuration} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            results.append(json.loads(line[len("RESULT "):]))
-            r = results[-1]
-            print(f"    median {r['median_s']:.3f} s, data wait {100 * r['wait_share']:.1f} %, "
-                  f"peak {r['peak_mb']:.0f} MB, {r['flops'] / 1e9:.1f} GFLOP", flush=True)
+            results.append(measure(trainer, configuration, args, env))
+            if trainer == "nnUNetTrainer" and not args.no_control:
+                doubled = f"{configuration}={2 * results[-1]['batch_size']}"
+                results.append(dict(measure(trainer, configuration, args, env, doubled), trainer=CONTROL))
     rows = ratios(results)
     print(f"\ndevice {args.device} ({torch.__version__}, {torch.get_num_threads()} threads), nnUNet_n_proc_DA "
           f"{rows[0]['n_proc_DA']}, {args.warmup} warm-up + {args.steps} timed steps; labeled batch B and patch: "
