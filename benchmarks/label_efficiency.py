@@ -81,6 +81,7 @@ VARIANTS = textwrap.dedent('''
             self.num_epochs = schedule["epochs"]
             self.num_iterations_per_epoch = schedule["iterations"]
             self.num_val_iterations_per_epoch = schedule["val_iterations"]
+            self.save_every = max(1, schedule["epochs"] // 6)  # an interrupted run loses little (resumable)
 
         def perform_actual_validation(self, save_probabilities=False):
             self.print_to_log_file("benchmark variant: no final validation (the benchmark scores the test set)")

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import make_trainer
 from nnunet_ssl.networks.containers import TwoNetworks
-from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers import nnUNetTrainerMeanTeacher
 from test_uadct import tiny_configuration
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -70,3 +71,12 @@ def test_base_train_step_runs_the_passes_and_logs_means_over_them(readme_trainer
     assert set(result) == {"loss", "sup", "cons"} and all(isinstance(v, float) for v in result.values())
     assert result["loss"] == pytest.approx((passes[0][1] + passes[1][1]) / 2)
     assert result["cons"] == pytest.approx((passes[0][2]["cons"] + passes[1][2]["cons"]) / 2)
+
+
+class CheckpointEvery3(nnUNetTrainerMeanTeacher):
+    save_every_epochs = 3
+
+
+def test_checkpoint_latest_frequency_is_a_class_attribute_that_nnunet_uses(ssl_env, monkeypatch):
+    assert make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, "2d").save_every == 10
+    assert make_trainer(ssl_env, monkeypatch, CheckpointEvery3, "2d").save_every == 3

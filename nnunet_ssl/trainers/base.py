@@ -51,6 +51,9 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     #: optimisation passes (forward, loss, backward, optimizer step) over each batch; ``self.pass_in_step`` tells
     #: :meth:`compute_loss` which one it is
     passes_per_batch: int = 1
+    #: epochs between checkpoint_latest saves (nnU-Net: 50). An SSL epoch costs 2-13x nnU-Net's, so 10 keeps what
+    #: a crash can lose to about the wall time nnU-Net risks
+    save_every_epochs: int = 10
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -64,6 +67,7 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         self.batch_size_unlabeled: Optional[int] = None
         self.step_in_epoch = 0
         self.pass_in_step = 0
+        self.save_every = self.save_every_epochs
 
     # ---- network ----------------------------------------------------------------------------------------
     @classmethod
