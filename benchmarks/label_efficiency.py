@@ -23,6 +23,9 @@ Every trainer runs as a short-schedule variant (``<Trainer>_bench_<budget>``, wr
 CPU budgets predict without test-time mirroring (4x fewer forwards, the same for every trainer). All commands
 run with ``OMP_WAIT_POLICY=PASSIVE`` unless set (see ``bench_common.nnunet_env``).
 
+``--repeats N`` trains every (trainer, fold) N times (other initialisation and sampling; repetition r > 0 keeps its
+models in ``nnUNet_results_rep<r>``); the table gives mean and spread over all runs.
+
 Resumable: a run whose checkpoint_final exists is not trained again (an interrupted one continues with ``--c``),
 predictions and scores that exist are kept. The results table is printed at the end and written next to a plot.
 """
@@ -174,12 +177,13 @@ def pseudo_dice_curve(fold_dir: str):
 
 
 def summarise(records: list, labels) -> list:
-    """Per trainer: mean and std over folds of the test metrics (foreground mean and per label)."""
+    """Per trainer: mean and std over its runs (folds x repeats) of the test metrics (foreground mean and per
+    label)."""
     import numpy as np
     rows = []
     for trainer in dict.fromkeys(r["trainer"] for r in records):
         runs = [r for r in records if r["trainer"] == trainer]
-        row = {"trainer": trainer, "folds": [r["fold"] for r in runs]}
+        row = {"trainer": trainer, "runs": len(runs), "folds": sorted({r["fold"] for r in runs})}
         for key in ("dice", *(f"dice_{label}" for label in labels), "hd95", "asd", "train_minutes"):
             values = np.array([r[key] for r in runs if r.get(key) is not None], dtype=float)
             row[key] = (float(values.mean()), float(values.std())) if len(values) else None
@@ -210,10 +214,11 @@ def fmt(value, digits=3):
 
 
 def table(rows: list, budget: dict, labels: dict) -> str:
-    lines = [f"{budget['dataset']}: test set of {budget['n_test']} held-out cases; {len(budget['folds'])} fold(s); "
-             f"{budget['labeled']} (fold {budget['folds'][0]}); {budget['epochs']} x {budget['iterations']} "
-             f"iterations, batch {budget['batch_size'] or 'from plans'}, {budget['configuration']}, test-time "
-             f"mirroring {'on' if budget['tta'] else 'off'}; mean ± std over folds (std 0 with one fold).", "",
+    lines = [f"{budget['dataset']}: test set of {budget['n_test']} held-out cases; {len(budget['folds'])} fold(s) x "
+             f"{budget['repeats']} repeat(s); {budget['labeled']} (fold {budget['folds'][0]}); {budget['epochs']} x "
+             f"{budget['iterations']} iterations, batch {budget['batch_size'] or 'from plans'}, "
+             f"{budget['configuration']}, test-time mirroring {'on' if budget['tta'] else 'off'}; mean ± std over "
+             f"the runs (std 0 with one run).", "",
              "| Trainer | Dice (fg mean) | Δ vs nnUNetTrainer | " + "".join(f"Dice {n} | " for n in labels.values())
              + "HD95 mm | ASD mm | train min |", "|---|---|---|" + "---|" * len(labels) + "---|---|---|"]
     for r in rows:
@@ -224,8 +229,9 @@ def table(rows: list, budget: dict, labels: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict, rows: list, budget: dict, path: str) -> None:
-    """Left: nnU-Net's validation pseudo-Dice versus iterations per method (mean over folds); right: test Dice."""
+def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> None:
+    """Left: nnU-Net's validation pseudo-Dice versus iterations per method (mean over runs); right: test Dice,
+    mean and std over runs with every run as a dot."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -243,12 +249,15 @@ def plot(curves: dict, rows: list, budget: dict, path: str) -> None:
     left.legend(fontsize=8)
     names = [r["trainer"].replace("nnUNetTrainer", "") or "nnUNet" for r in rows]
     right.bar(names, [r["dice"][0] for r in rows], yerr=[r["dice"][1] for r in rows], capsize=4,
-              color=[colors[r["trainer"]] for r in rows])
+              color=[colors[r["trainer"]] for r in rows], alpha=0.8)
+    for x, r in enumerate(rows):
+        dice = [rec["dice"] for rec in records if rec["trainer"] == r["trainer"]]
+        right.scatter([x] * len(dice), dice, color="black", s=12, zorder=3)
     right.set_ylabel(f"test Dice, foreground mean ({budget['n_test']} held-out cases)")
     right.set_title(f"{budget['dataset']}, {budget['labeled']}, {budget['configuration']}", fontsize=9)
     right.tick_params(axis="x", rotation=20)
-    lo = min(r["dice"][0] for r in rows)
-    right.set_ylim(max(0.0, lo - 0.1), min(1.0, max(r["dice"][0] for r in rows) + 0.05))
+    dice = [rec["dice"] for rec in records]
+    right.set_ylim(max(0.0, min(dice) - 0.1), min(1.0, max(dice) + 0.05))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -260,11 +269,12 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default=bc.DEFAULT_WORKDIR, help="nnU-Net folders and runs (default %(default)s)")
     parser.add_argument("--trainers", nargs="+", help="subset of trainers (default: nnUNetTrainer and all SSL ones)")
     parser.add_argument("--folds", type=int, nargs="+", help="override the budget's folds")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per trainer and fold (default 1)")
     parser.add_argument("--plot", help="PNG path (default benchmarks/label_efficiency_<budget>.png; smoke budgets: "
                                        "in the workdir)")
     args = parser.parse_args(argv)
 
-    budget = dict(BUDGETS[args.budget])
+    budget = dict(BUDGETS[args.budget], repeats=args.repeats)
     if args.folds:
         budget["folds"] = args.folds
     tag = budget_tag(args.budget)
@@ -277,14 +287,17 @@ def main(argv=None) -> None:
     budget["n_test"] = len(glob.glob(os.path.join(test_labels, "*.nii.gz")))
 
     trainers = args.trainers or bc.trainer_names()
-    runs = [(fold, trainer) for fold in budget["folds"] for trainer in trainers]
+    runs = [(r, fold, trainer) for r in range(args.repeats) for fold in budget["folds"] for trainer in trainers]
     records, curves = [], {}
     start = time.time()
-    for i, (fold, trainer) in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {trainer} fold {fold} ({(time.time() - start) / 60:.1f} min elapsed)", flush=True)
-        out = os.path.join(args.workdir, "label_efficiency", args.budget, f"fold_{fold}", trainer)
-        fold_dir = run_one(env, budget, tag, trainer, fold, out, test_images, test_labels)
-        records.append(record(trainer, fold, out, dataset["labels"]))
+    for i, (repeat, fold, trainer) in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {trainer} fold {fold} repeat {repeat} ({(time.time() - start) / 60:.1f} min "
+              f"elapsed)", flush=True)
+        out = os.path.join(args.workdir, "label_efficiency", args.budget, f"fold_{fold}",
+                           *([f"rep_{repeat}"] if repeat else []), trainer)
+        run_env = dict(env, nnUNet_results=env["nnUNet_results"] + (f"_rep{repeat}" if repeat else ""))
+        fold_dir = run_one(run_env, budget, tag, trainer, fold, out, test_images, test_labels)
+        records.append(dict(record(trainer, fold, out, dataset["labels"]), repeat=repeat))
         curves.setdefault(trainer, []).append(pseudo_dice_curve(fold_dir))
         print(f"    test Dice {records[-1]['dice']:.3f}", flush=True)
 
@@ -298,7 +311,7 @@ def main(argv=None) -> None:
         f.write(text + "\n")
     published = os.path.join(bc.REPO, "benchmarks", f"label_efficiency_{tag}.png")
     smoke = args.budget.endswith("smoke")
-    plot(curves, rows, budget, args.plot or (os.path.join(results_dir, "plot.png") if smoke else published))
+    plot(curves, rows, records, budget, args.plot or (os.path.join(results_dir, "plot.png") if smoke else published))
     print(f"total {(time.time() - start) / 60:.1f} min")
 
 

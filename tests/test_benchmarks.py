@@ -54,15 +54,19 @@ def test_label_efficiency_summary_mean_std_over_folds_and_gain():
         return {"trainer": trainer, "fold": fold, "dice": dice, "dice_1": dice, "dice_2": dice / 2, "hd95": 2.0,
                 "asd": None, "train_minutes": None}
     labels = {1: "anterior", 2: "posterior"}
+    # nnUNetTrainer: folds 0 and 1; X: fold 0 twice (two repeats)
     rows = label_efficiency.summarise([rec("nnUNetTrainer", 0, 0.6), rec("nnUNetTrainer", 1, 0.8),
-                                       rec("nnUNetTrainerX", 0, 0.7), rec("nnUNetTrainerX", 1, 0.9)], labels)
+                                       rec("nnUNetTrainerX", 0, 0.7), rec("nnUNetTrainerX", 0, 0.9)], labels)
     assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "nnUNetTrainerX"]
     assert rows[0]["dice"] == pytest.approx((0.7, 0.1))
     assert rows[0]["dice_2"] == pytest.approx((0.35, 0.05))
     assert rows[1]["gain"] == pytest.approx(0.1)
-    assert rows[1]["asd"] is None and rows[1]["folds"] == [0, 1]
-    budget = dict(label_efficiency.BUDGETS["smoke"], n_test=52, labeled="8 labeled + 158 unlabeled training cases")
+    assert rows[1]["asd"] is None and rows[0]["folds"] == [0, 1] and rows[1]["folds"] == [0]
+    assert rows[0]["runs"] == rows[1]["runs"] == 2
+    budget = dict(label_efficiency.BUDGETS["smoke"], n_test=52, repeats=2,
+                  labeled="8 labeled + 158 unlabeled training cases")
     lines = label_efficiency.table(rows, budget, labels).splitlines()
+    assert "1 fold(s) x 2 repeat(s)" in lines[0]
     assert "Dice anterior | Dice posterior |" in lines[2]
     assert lines[-1].startswith("| nnUNetTrainerX | 0.800 ± 0.100 | +0.100 | 0.800 ± 0.100 | 0.400 ± 0.050 | 2.00")
     assert all(line.count("|") == lines[2].count("|") for line in lines[2:])
