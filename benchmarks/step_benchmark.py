@@ -1,9 +1,9 @@
 """Step benchmark: what one training iteration of every SSL trainer costs next to plain nnU-Net, on the same plans.
 
-    python benchmarks/step_benchmark.py                       # 2d and 3d_fullres of MSD Hippocampus, plans' batch
+    python benchmarks/step_benchmark.py       # 2d and 3d_fullres of MSD Hippocampus; see DEFAULTS for the settings
     python benchmarks/step_benchmark.py --configurations 2d --batch-size 2d=8 --warmup 3 --steps 10   # CPU run of
     python benchmarks/step_benchmark.py --configurations 3d_fullres --batch-size 3d_fullres=1 \
-        --warmup 2 --steps 3                                                                   # RESULTS.md
+        --warmup 2 --steps 5                                                                   # RESULTS.md
 
 Each (trainer, configuration) is measured in its own process, built in-process as ``nnUNetv2_train`` builds it
 (fold 0 of the benchmark's SSL split: 5 % labeled, the rest unlabeled), with nnU-Net's data-loader workers
@@ -49,6 +49,10 @@ import bench_common as bc  # noqa: E402
 
 DATA_WAIT_TARGET = 0.05
 OVERHEAD_TARGET = 0.10
+#: per device, what options left unset default to: on a GPU the plans' batch sizes; on a CPU small batches and few
+#: steps, since the plans' batches (292 in 2d, 7 in 3d_fullres) make one LeFeD or CMEMS step take minutes there
+DEFAULTS = {"cuda": dict(batch_size=[], warmup=5, steps=30),
+            "cpu": dict(batch_size=["2d=8", "3d_fullres=1", "3d_lowres=1"], warmup=3, steps=8)}
 
 
 def build_trainer(trainer_name: str, configuration: str, batch_size, device):
@@ -223,10 +227,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configurations", nargs="+", default=["2d", "3d_fullres"])
     parser.add_argument("--trainers", nargs="+", help="default: nnUNetTrainer and every nnunet-ssl trainer")
-    parser.add_argument("--batch-size", nargs="+", default=[], metavar="CONFIG=N",
-                        help="override the plans' batch size per configuration (smaller for CPU runs)")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", nargs="+", metavar="CONFIG=N",
+                        help="override the plans' batch size per configuration (default: see DEFAULTS)")
+    parser.add_argument("--steps", type=int, help="timed steps (default: see DEFAULTS)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: see DEFAULTS)")
     parser.add_argument("--device", default=None, help="cuda if available, else cpu")
     parser.add_argument("--workdir", default=bc.DEFAULT_WORKDIR)
     parser.add_argument("--output", help="results JSON (default <workdir>/step_benchmark.json)")
@@ -235,14 +239,19 @@ def main(argv=None) -> None:
     parser.add_argument("--no-control", action="store_true", help="skip the nnUNetTrainer@2B control row")
     parser.add_argument("--one", nargs=2, metavar=("TRAINER", "CONFIGURATION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    for option, value in DEFAULTS["cpu" if args.device == "cpu" else "cuda"].items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     batch_sizes = {k: int(v) for k, v in (item.split("=") for item in args.batch_size)}
 
     env = bc.prepare_hippocampus(args.workdir, args.configurations)
     bc.use_env(env)
     if args.profile:
         trainer, configuration = args.profile
-        print(profile_one(trainer, configuration, batch_sizes.get(configuration), args.device or "cpu",
-                          args.warmup, args.steps), flush=True)
+        print(profile_one(trainer, configuration, batch_sizes.get(configuration), args.device, args.warmup,
+                          args.steps), flush=True)
         os._exit(0)
     if args.one:
         trainer, configuration = args.one
@@ -251,8 +260,6 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps(result), flush=True)
         os._exit(0)  # do not wait for data-loader workers to wind down
 
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     bc.write_splits(env, 0.05, args.workdir)
     trainers = args.trainers or bc.trainer_names()
     if "nnUNetTrainer" not in trainers:
