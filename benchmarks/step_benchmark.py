@@ -93,6 +93,24 @@ class EncoderPassCounter:
             h.remove()
 
 
+def cpu_times():
+    """The machine's CPU time counters (``/proc/stat``: user ... steal), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return None
+
+
+def steal_share(before, after):
+    """Share of the CPU time the hypervisor gave to other guests between two ``cpu_times()`` readings (on a
+    virtual machine this slows every step, whatever the benchmark does); None where unknown."""
+    if before is None or after is None:
+        return None
+    delta = [a - b for a, b in zip(after, before)]
+    return delta[7] / sum(delta) if sum(delta) else None
+
+
 def measure_one(trainer_name: str, configuration: str, batch_size, device: str, warmup: int, steps: int) -> dict:
     """Time ``steps`` iterations after ``warmup`` ones; then count the work of one more. Runs in its own process."""
     import resource
@@ -108,6 +126,8 @@ def measure_one(trainer_name: str, configuration: str, batch_size, device: str, 
         torch.cuda.reset_peak_memory_stats()
     waits, totals = [], []
     for i in range(warmup + steps):
+        if i == warmup:
+            counters = cpu_times()
         start = time.perf_counter()
         batch = next(trainer.dataloader_train)
         got = time.perf_counter()
@@ -117,6 +137,7 @@ def measure_one(trainer_name: str, configuration: str, batch_size, device: str, 
         if i >= warmup:
             waits.append(got - start)
             totals.append(end - start)
+    steal = steal_share(counters, cpu_times())
     peak_mb = (torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     batch = next(trainer.dataloader_train)
@@ -133,7 +154,7 @@ def measure_one(trainer_name: str, configuration: str, batch_size, device: str, 
             "device": device, "steps": steps, "warmup": warmup,
             "median_s": statistics.median(totals), "wait_share": sum(waits) / sum(totals),
             "median_wait_s": statistics.median(waits), "step_times_s": totals, "peak_mb": peak_mb,
-            "flops": flops.get_total_flops(), "encoder_samples_grad": counter.grad,
+            "flops": flops.get_total_flops(), "cpu_steal_share": steal, "encoder_samples_grad": counter.grad,
             "encoder_samples_no_grad": counter.no_grad}
 
 
@@ -184,7 +205,7 @@ def ratios(results: list) -> list:
 def table(rows: list) -> str:
     lines = ["| config | Trainer | median step s | data wait | peak MB | time ratio | work ratio (FLOPs) "
              "| count (enc. samples fwd+bwd / fwd-only per B) | overhead beyond work | overhead vs 2B | memory ratio "
-             "| targets |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| CPU steal | targets |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = r["batch_size"]
         misses = []
@@ -193,11 +214,12 @@ def table(rows: list) -> str:
         if r["overhead"] >= OVERHEAD_TARGET and r["trainer"] != CONTROL:
             misses.append("overhead")
         overhead_2b = "n/a" if r["overhead_2b"] is None else f"{100 * r['overhead_2b']:+.0f} %"
+        steal = "n/a" if r.get("cpu_steal_share") is None else f"{100 * r['cpu_steal_share']:.0f} %"
         lines.append(
             f"| {r['configuration']} | {r['trainer']} | {r['median_s']:.3f} | {100 * r['wait_share']:.1f} % | "
             f"{r['peak_mb']:.0f} | {r['time_ratio']:.2f} | {r['work_ratio']:.2f} | {r['count']:.2f} "
             f"({r['encoder_samples_grad'] / b:g} / {r['encoder_samples_no_grad'] / b:g}) | "
-            f"{100 * r['overhead']:+.0f} % | {overhead_2b} | {r['memory_ratio']:.2f} | "
+            f"{100 * r['overhead']:+.0f} % | {overhead_2b} | {r['memory_ratio']:.2f} | {steal} | "
             f"{'miss: ' + ', '.join(misses) if misses else 'ok'} |")
     return "\n".join(lines)
 
@@ -218,8 +240,9 @@ def measure(trainer: str, configuration: str, args, env: dict, batch_size: str =
     if line is None:
         raise RuntimeError(f"{trainer} {configuration} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     r = json.loads(line[len("RESULT "):])
+    steal = "" if r["cpu_steal_share"] is None else f", CPU steal {100 * r['cpu_steal_share']:.0f} %"
     print(f"    median {r['median_s']:.3f} s, data wait {100 * r['wait_share']:.1f} %, "
-          f"peak {r['peak_mb']:.0f} MB, {r['flops'] / 1e9:.1f} GFLOP", flush=True)
+          f"peak {r['peak_mb']:.0f} MB, {r['flops'] / 1e9:.1f} GFLOP{steal}", flush=True)
     return r
 
 

@@ -85,3 +85,11 @@ def test_label_efficiency_reads_labeled_counts_and_rejects_folds_missing_from_th
 
 def test_every_budget_names_a_known_dataset():
     assert {b["dataset"] for b in label_efficiency.BUDGETS.values()} <= set(label_efficiency.DATASETS)
+
+
+def test_cpu_steal_share_is_the_steal_counter_over_all_cpu_time():
+    # /proc/stat order: user nice system idle iowait irq softirq steal
+    before = [100, 0, 10, 50, 0, 0, 0, 40]
+    after = [160, 0, 20, 70, 0, 0, 0, 70]  # +60 user, +10 system, +20 idle, +30 steal = 120
+    assert step_benchmark.steal_share(before, after) == pytest.approx(30 / 120)
+    assert step_benchmark.steal_share(None, after) is None
