@@ -81,12 +81,20 @@ def test_case_ids(case_ids, fraction=TEST_FRACTION, seed=TEST_SEED) -> list:
     return sorted(rng.choice(case_ids, n_test, replace=False).tolist())
 
 
+def require_folder(folder: str, variable: str, what: str) -> None:
+    """Exit with a message naming the missing data folder and the variable that points elsewhere."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f"error: {folder} not found: the benchmark needs {what} there, or set {variable} to its "
+                         f"folder")
+
+
 def prepare_hippocampus(workdir: str, configurations=("2d", "3d_fullres")) -> dict:
     """Convert MSD Hippocampus, move the fixed test cases to imagesTs/labelsTs, plan and preprocess. Each step is
     skipped when its output exists. Returns the benchmark environment."""
     env = nnunet_env(workdir)
     raw = os.path.join(env["nnUNet_raw"], DATASET_NAME)
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        require_folder(os.path.join(HIPPOCAMPUS, "images"), "NNUNET_SSL_HIPPOCAMPUS", "MSD Hippocampus TrainingSet")
         print("converting MSD Hippocampus", flush=True)
         run([bin_path("nnunet_ssl_convert_folder"), "-i", os.path.join(HIPPOCAMPUS, "images"),
              "-l", os.path.join(HIPPOCAMPUS, "labels"), "-d", str(DATASET_ID), "-n", "Hippocampus",
@@ -103,6 +111,7 @@ def prepare_acdc(workdir: str, configurations=("2d",)) -> dict:
     unlabeled, val.list as validation), plan and preprocess. Each step is skipped when its output exists."""
     env = nnunet_env(workdir)
     if not os.path.isfile(os.path.join(env["nnUNet_raw"], ACDC_NAME, "dataset.json")):
+        require_folder(ACDC, "NNUNET_SSL_ACDC", "ACDC (SSL4MIS h5 files and lists)")
         print("converting ACDC", flush=True)
         run([bin_path("nnunet_ssl_convert_acdc"), "-i", ACDC, "-d", str(ACDC_ID)], env)
     plan_and_preprocess(env, ACDC_ID, ACDC_NAME, configurations, workdir)

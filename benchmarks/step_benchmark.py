@@ -267,7 +267,10 @@ def main(argv=None) -> None:
     for option, value in DEFAULTS["cpu" if args.device == "cpu" else "cuda"].items():
         if getattr(args, option) is None:
             setattr(args, option, value)
-    batch_sizes = {k: int(v) for k, v in (item.split("=") for item in args.batch_size)}
+    try:
+        batch_sizes = {k: int(v) for k, v in (item.split("=") for item in args.batch_size)}
+    except ValueError:
+        parser.error(f"--batch-size takes CONFIG=N items (e.g. 2d=8), got {' '.join(args.batch_size)}")
 
     env = bc.prepare_hippocampus(args.workdir, args.configurations)
     bc.use_env(env)

@@ -93,3 +93,10 @@ def test_cpu_steal_share_is_the_steal_counter_over_all_cpu_time():
     after = [160, 0, 20, 70, 0, 0, 0, 70]  # +60 user, +10 system, +20 idle, +30 steal = 120
     assert step_benchmark.steal_share(before, after) == pytest.approx(30 / 120)
     assert step_benchmark.steal_share(None, after) is None
+
+
+def test_a_missing_data_folder_stops_with_its_path_and_the_variable_to_set(tmp_path):
+    missing = tmp_path / "absent"
+    with pytest.raises(SystemExit, match=f"{missing} not found.*set NNUNET_SSL_ACDC"):
+        bench_common.require_folder(str(missing), "NNUNET_SSL_ACDC", "ACDC")
+    bench_common.require_folder(str(tmp_path), "NNUNET_SSL_ACDC", "ACDC")  # present: no exit
