@@ -64,6 +64,15 @@ def test_split_unlabeled_ids_overlapping_train_are_rejected(ssl_env, monkeypatch
         trainer.get_dataloaders()
 
 
+def test_a_fold_missing_from_an_ssl_split_is_rejected_not_split_at_random(ssl_env, monkeypatch, split_dataset):
+    write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"],
+                                         "unlabeled": ["case_003"]})
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, fold=1, dataset=split_dataset)
+    trainer.initialize()
+    with pytest.raises(SSLConfigError, match=r"fold 1 is not in .*splits_final.json \(1 fold\(s\)"):
+        trainer.get_dataloaders()
+
+
 def test_split_unlabeled_cases_train_with_their_label_files_deleted(ssl_env, monkeypatch, split_dataset):
     unlabeled = ["case_003", "case_004", "case_005"]
     write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"],

@@ -106,6 +106,11 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         except FileNotFoundError:
             return []
         if self.fold >= len(splits):
+            if any("unlabeled" in fold for fold in splits):
+                # nnU-Net would make a random split of all cases, so the split's unlabeled cases become labeled
+                raise SSLConfigError(f"fold {self.fold} is not in {splits_file} ({len(splits)} fold(s) with "
+                                     f"'unlabeled' lists); train one of its folds or write more with "
+                                     f"nnunet_ssl_split --folds")
             return []
         check_fold(splits[self.fold], f"{splits_file}, fold {self.fold}")
         return list(splits[self.fold].get("unlabeled", []))
