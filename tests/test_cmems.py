@@ -53,7 +53,7 @@ def test_masked_loss_ignores_unconfident_voxels(regions):
     logits = torch.randn(2, 3, 6, 6, requires_grad=True)
     labels, confident = confident_pseudo_labels(torch.randn(2, 3, 6, 6) * 4, 0.9, regions)
     assert 0 < confident.sum() < confident.numel()
-    loss = masked_segmentation_loss(regions, batch_dice=True, ddp=False, ignore_label=3)
+    loss = masked_segmentation_loss(regions, batch_dice=True, ignore_label=3)
     target = with_ignored(labels.float() if not regions else labels, confident, regions, 3)
     loss(logits, target).backward()
     ignored_grad = logits.grad * ~confident
@@ -241,7 +241,7 @@ def trainer_without_data(regions=False, **attributes):
     base = DC_and_BCE_loss({}, dice, dice_class=MemoryEfficientSoftDiceLoss) if regions else \
         DC_and_CE_loss(dice, {}, dice_class=MemoryEfficientSoftDiceLoss)
     trainer.loss = DeepSupervisionWrapper(base, (2 / 3, 1 / 3))
-    trainer.masked_loss = masked_segmentation_loss(regions, True, False, trainer.ignore_label_for_pseudo_labels)
+    trainer.masked_loss = masked_segmentation_loss(regions, True, trainer.ignore_label_for_pseudo_labels)
     trainer.device = torch.device("cpu")
     trainer.current_epoch, trainer.step_in_epoch, trainer.num_iterations_per_epoch, trainer.num_epochs = 3, 0, 2, 8
     return trainer

@@ -88,8 +88,15 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
 
     # ---- data -------------------------------------------------------------------------------------------
     def _set_batch_size_and_oversample(self):
+        global_labeled = self.configuration_manager.batch_size
+        if self.is_ddp and self.configuration_manager.batch_dice and global_labeled % dist.get_world_size():
+            # nnU-Net's batch Dice all-gathers per-GPU tensors of the per-GPU batch size: gloo fails, NCCL may hang
+            raise SSLConfigError(f"configuration '{self.configuration_name}': batch size {global_labeled} does not "
+                                 f"split evenly over {dist.get_world_size()} GPUs, which nnU-Net's batch Dice "
+                                 f"(batch_dice in the plans) needs; use a number of GPUs that divides it or a "
+                                 f"batch size in the plans that is a multiple of it")
         super()._set_batch_size_and_oversample()
-        global_unlabeled = self.unlabeled_batch_size or self.configuration_manager.batch_size
+        global_unlabeled = self.unlabeled_batch_size or global_labeled
         if self.is_ddp:
             self.batch_size_unlabeled = split_batch_across_ranks(global_unlabeled, dist.get_world_size(),
                                                                  dist.get_rank())

@@ -71,13 +71,14 @@ def with_ignored(labels: torch.Tensor, keep: torch.Tensor, regions: bool, ignore
     return torch.where(keep, labels, torch.full_like(labels, ignore_label))
 
 
-def masked_segmentation_loss(regions: bool, batch_dice: bool, ddp: bool, ignore_label: int):
+def masked_segmentation_loss(regions: bool, batch_dice: bool, ignore_label: int):
     """nnU-Net's Dice+CE (Dice+BCE for regions) configured as nnU-Net configures it, ignoring the voxels marked
-    as in :func:`with_ignored`."""
+    as in :func:`with_ignored`. Under DDP its batch Dice covers this GPU's patches only: nnU-Net's all-gather of
+    the Dice sums needs the same batch on every GPU, which an uneven split of the unlabeled batch does not give."""
     if regions:
-        return DC_and_BCE_loss({}, {"batch_dice": batch_dice, "do_bg": True, "smooth": 1e-5, "ddp": ddp},
+        return DC_and_BCE_loss({}, {"batch_dice": batch_dice, "do_bg": True, "smooth": 1e-5, "ddp": False},
                                use_ignore_label=True, dice_class=MemoryEfficientSoftDiceLoss)
-    return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": ddp}, {},
+    return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                           ignore_label=ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
 
 
@@ -143,7 +144,7 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
     def initialize(self):
         super().initialize()
         self.masked_loss = masked_segmentation_loss(self.label_manager.has_regions,
-                                                    self.configuration_manager.batch_dice, self.is_ddp,
+                                                    self.configuration_manager.batch_dice,
                                                     self.ignore_label_for_pseudo_labels)
 
     @property
