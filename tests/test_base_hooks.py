@@ -40,7 +40,7 @@ def test_readme_method_builds_two_plans_unets_and_predicts_one_logits_tensor(rea
     # as nnU-Net's predictor builds it: without deep supervision
     network = readme_trainer.build_network_architecture(None, tiny_configuration(2), 1, 3, False)
     assert isinstance(network, TwoNetworks)
-    first, second = (dict(net.named_parameters()) for net in network.pretrainable_unets())
+    first, second = (dict(net.named_parameters()) for net in (network.net1, network.net2))
     assert not torch.equal(first["encoder.stages.0.0.convs.0.conv.weight"],
                            second["encoder.stages.0.0.convs.0.conv.weight"]), "two initialisations"
     with torch.no_grad():

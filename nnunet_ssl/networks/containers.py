@@ -4,8 +4,8 @@ Every container follows one contract so that nnU-Net's predictor, validation and
 
 * in training mode ``forward`` returns what the method needs (one output per network or decoder);
 * in eval mode ``forward`` returns one logits tensor (or nnU-Net's deep-supervision list while DS is on);
-* ``pretrainable_unets()`` names the plain nnU-Net U-Nets inside, which a supervised nnU-Net checkpoint can
-  initialise (``nnUNetv2_train ... -pretrained_weights``).
+* ``pretrainable_unets()`` names the plain nnU-Net U-Nets inside that a supervised nnU-Net checkpoint
+  initialises (``nnUNetv2_train ... -pretrained_weights``).
 """
 import copy
 from typing import List
@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 INFERENCE_MODES = ("first", "mean")
+#: which of two co-trained U-Nets ``-pretrained_weights`` initialises: network 1 only, or both
+PRETRAINED_NETWORKS = ("first", "all")
 
 
 def _check_inference_mode(mode: str) -> str:
@@ -44,13 +46,20 @@ def clone_decoder(unet: nn.Module) -> nn.Module:
 
 class TwoNetworks(nn.Module):
     """Two complete U-Nets of the same architecture with independent initialisation (co-training, mutual
-    learning). Training: ``(out1, out2)``; eval: network 1, or the mean of both logits with ``inference='mean'``."""
+    learning). Training: ``(out1, out2)``; eval: network 1, or the mean of both logits with ``inference='mean'``.
 
-    def __init__(self, net1: nn.Module, net2: nn.Module, inference: str = "first"):
+    ``pretrained='first'``: a supervised checkpoint initialises network 1 only, and network 2 keeps its own random
+    initialisation, the difference co-training and mutual learning rely on (nnU-Net's loader skips only the
+    segmentation heads, so loading it into both would start them nearly identical). ``'all'`` loads both."""
+
+    def __init__(self, net1: nn.Module, net2: nn.Module, inference: str = "first", pretrained: str = "first"):
         super().__init__()
+        if pretrained not in PRETRAINED_NETWORKS:
+            raise ValueError(f"pretrained must be one of {PRETRAINED_NETWORKS}, got {pretrained!r}")
         self.net1 = net1
         self.net2 = net2
         self.inference = _check_inference_mode(inference)
+        self.pretrained = pretrained
 
     def forward(self, x):
         if self.training:
@@ -60,13 +69,14 @@ class TwoNetworks(nn.Module):
         return self.net1(x)
 
     def pretrainable_unets(self) -> List[nn.Module]:
-        return [self.net1, self.net2]
+        return [self.net1, self.net2] if self.pretrained == "all" else [self.net1]
 
 
 class SharedEncoderTwoDecoders(nn.Module):
     """One encoder, two decoders. ``unet`` is nnU-Net's U-Net (encoder + decoder 1, key names as in a plain
     nnU-Net checkpoint under ``unet.``); ``decoder2`` reads the same skips. Training: ``(out1, out2)``; eval:
-    decoder 1, or the mean of both with ``inference='mean'``."""
+    decoder 1, or the mean of both with ``inference='mean'``. A supervised checkpoint initialises the U-Net
+    (encoder and decoder 1); decoder 2 keeps its own initialisation."""
 
     def __init__(self, unet: nn.Module, decoder2: nn.Module = None, inference: str = "first"):
         super().__init__()
@@ -90,7 +100,8 @@ class SharedEncoderTwoDecoders(nn.Module):
 class StudentTeacher(nn.Module):
     """A student U-Net and its exponential-moving-average teacher (mean teacher). The teacher takes no gradient
     and is updated by :meth:`update_teacher`. Training: ``forward(x, teacher_input)`` returns
-    ``(student(x), teacher(teacher_input))``; eval: the student, or the teacher with ``inference='teacher'``."""
+    ``(student(x), teacher(teacher_input))``; eval: the student, or the teacher with ``inference='teacher'``.
+    A supervised checkpoint initialises both, so the teacher, an average of the student, starts equal to it."""
 
     def __init__(self, student: nn.Module, inference: str = "student"):
         super().__init__()

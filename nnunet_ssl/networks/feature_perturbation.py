@@ -64,8 +64,8 @@ class TwoNetworksWithFeaturePerturbation(TwoNetworks):
     state dict (``net1.*``, ``net2.*``) and ``pretrainable_unets()`` are those of :class:`TwoNetworks`."""
 
     def __init__(self, net1: nn.Module, net2: nn.Module, perturbations: Sequence[nn.Module],
-                 inference: str = "first"):
-        super().__init__(net1, net2, inference)
+                 inference: str = "first", pretrained: str = "first"):
+        super().__init__(net1, net2, inference, pretrained)
         self.perturbations = nn.ModuleList(perturbations)
 
     def forward(self, x, n_perturbed: int = 0):

@@ -33,6 +33,7 @@ from nnunet_ssl.data.unlabeled import UnlabeledImages, collect_unlabeled_cases
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.losses import sigmoid_rampup
 from nnunet_ssl.networks import pretrained
+from nnunet_ssl.networks.containers import PRETRAINED_NETWORKS
 from nnunet_ssl.splits import check_fold, read_splits
 from nnunet_ssl.trainers.logging import SSLLocalLogger
 
@@ -54,6 +55,10 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     #: epochs between checkpoint_latest saves (nnU-Net: 50). An SSL epoch costs 2-13x nnU-Net's, so 10 keeps what
     #: a crash can lose to about the wall time nnU-Net risks
     save_every_epochs: int = 10
+    #: which U-Nets ``-pretrained_weights`` initialises where a method co-trains two: 'first' (network 1; network 2
+    #: keeps its own random initialisation, the difference between the networks that co-training relies on) or
+    #: 'all'. A mean teacher always starts equal to its student; LeFeD's second decoder is never in a checkpoint
+    pretrained_networks: str = "first"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -62,6 +67,9 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
             raise SSLConfigError(f"configuration '{configuration}' is a cascade stage; semi-supervised trainers "
                                  f"support 2d, 3d_fullres and 3d_lowres (unlabeled cases have no previous-stage "
                                  f"segmentations)")
+        if self.pretrained_networks not in PRETRAINED_NETWORKS:
+            raise SSLConfigError(f"{type(self).__name__}.pretrained_networks must be one of {PRETRAINED_NETWORKS}, "
+                                 f"got {self.pretrained_networks!r}")
         self.logger.local_logger = SSLLocalLogger(self.logger.local_logger)
         self.unlabeled_cases: Dict[str, str] = {}
         self.batch_size_unlabeled: Optional[int] = None

@@ -32,6 +32,8 @@ Our choices where the paper is unknown (all class attributes):
   synthetic pair per unlabeled patch (exemplar patches reused cyclically), supervised at full resolution;
 * weights (UniMatch's balance: labeled 1, image perturbation 0.5, feature perturbation 0.5; synthetic 1 as labeled
   data); the two perturbation terms ramp up with the base's sigmoid ramp-up over the whole training (SSL4MIS);
+* ``-pretrained_weights`` initialises network 1 only; network 2 keeps its random initialisation, so that the
+  two networks' pseudo-labels differ (``pretrained_networks = 'all'`` loads both);
 * inference: network 1 (``inference_mode = 'mean'`` averages both).
 
 Per step and network: one encoder pass over exemplar + synthetic + strong + weak patches and one decoder pass over
@@ -139,7 +141,8 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
     def build_ssl_network(cls, new_unet):
         perturbations = ([ChannelDropout(cls.feature_dropout)] if cls.feature_dropout > 0 else []) + \
                         ([UniformFeatureNoise(cls.feature_noise)] if cls.feature_noise > 0 else [])
-        return TwoNetworksWithFeaturePerturbation(new_unet(), new_unet(), perturbations, inference=cls.inference_mode)
+        return TwoNetworksWithFeaturePerturbation(new_unet(), new_unet(), perturbations, inference=cls.inference_mode,
+                                                  pretrained=cls.pretrained_networks)
 
     def initialize(self):
         super().initialize()

@@ -33,6 +33,8 @@ Our choices and deviations:
   foreground term ``p log(p / q)`` of its single sigmoid channel.
 * nnU-Net's training recipe: SGD with Nesterov, momentum 0.99, poly lr, one optimizer over both networks, with
   gradients clipped jointly at norm 12. No dropout; the released V-Net uses dropout 0.5.
+* ``-pretrained_weights`` initialises network 1 only; network 2 keeps its random initialisation, since that
+  difference is DMD's only perturbation (``pretrained_networks = 'all'`` loads both).
 * Inference uses network 1, as the released code saves only ``model_1``. ``inference_network = 'mean'`` averages
   the logits of both networks.
 """
@@ -108,7 +110,8 @@ class nnUNetTrainerDMD(nnUNetTrainerSSLBase):
 
     @classmethod
     def build_ssl_network(cls, new_unet):
-        return TwoNetworks(new_unet(), new_unet(), inference=cls.inference_network)  # two initialisations
+        return TwoNetworks(new_unet(), new_unet(), inference=cls.inference_network,
+                           pretrained=cls.pretrained_networks)  # two initialisations
 
     def distillation_term(self, logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
         regions = self.label_manager.has_regions

@@ -9,7 +9,8 @@ loop), each forward -> loss -> backward -> optimizer step. The first pass has no
 ``feedback_scale * (f2 - f1)`` of the previous pass's decoder features (detached) to the encoder's stage outputs.
 The loss of every pass is nnU-Net's supervised loss (Dice+CE, deep supervision) on the labeled part for both
 decoders, plus ``consistency_weight`` times the mean squared difference of the two decoders' probabilities over
-the whole batch. Prediction: decoder 1 without feedback, i.e. the plain nnU-Net U-Net inside.
+the whole batch. Prediction: decoder 1 without feedback, i.e. the plain nnU-Net U-Net inside, which is also what
+``-pretrained_weights`` initialises (decoder 2, of another kind, keeps its random initialisation).
 
 As the released code: 3 passes with an optimizer step each (so 3x nnU-Net's optimizer steps per epoch), feedback
 scale 1e-3 at every stage including the bottleneck (whose term is ``1e-3 * b * sigmoid(b)``), detached sigmoid

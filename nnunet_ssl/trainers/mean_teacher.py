@@ -6,6 +6,8 @@ probabilities, the teacher seeing the same patch plus small Gaussian noise. The 
 average of the student. Choices follow SSL4MIS ``train_mean_teacher_*.py``: EMA decay 0.99 with the
 ``1 - 1/(step + 1)`` warm-up, consistency weight 0.1 with the sigmoid ramp-up over the whole training, noise
 ``clamp(N(0, 0.1), -0.2, 0.2)``, consistency at full resolution only. Inference uses the student.
+``-pretrained_weights`` initialises the student and the teacher alike: the teacher, an average of the student,
+starts equal to it.
 """
 import torch
 

@@ -11,8 +11,10 @@ back-propagated jointly.
 Everything else is our reconstruction. Each item is a class attribute:
 
 * Networks: two nnU-Net U-Nets from the plans, initialised independently, trained with nnU-Net's one optimizer and
-  one backward of all terms. Channel dropout with p = 0.5 (``mc_dropout_rate``) sits on the last decoder feature
-  map, where UA-MT puts its decoder dropout (see :mod:`nnunet_ssl.networks.dropout`).
+  one backward of all terms; ``-pretrained_weights`` initialises network 1 only, network 2 keeping its random
+  initialisation so that the co-trained networks differ (``pretrained_networks = 'all'`` loads both). Channel
+  dropout with p = 0.5 (``mc_dropout_rate``) sits on the last decoder feature map, where UA-MT puts its decoder
+  dropout (see :mod:`nnunet_ssl.networks.dropout`).
 * Uncertainty: ``mc_samples`` = 8 Monte Carlo dropout samples (UA-MT's T) per network. The training forward is
   one of them, and the other T - 1 come from the head alone, without gradient, ``mc_chunk_size`` at a time.
   ``u`` is the normalised predictive entropy of their mean, in [0, 1] (:func:`normalized_entropy`).
@@ -152,7 +154,7 @@ class nnUNetTrainerUADCT(nnUNetTrainerSSLBase):
     @classmethod
     def build_ssl_network(cls, new_unet):
         unets = [add_head_dropout(new_unet(), cls.mc_dropout_rate) for _ in range(2)]
-        return TwoNetworks(*unets, inference=cls.inference)
+        return TwoNetworks(*unets, inference=cls.inference, pretrained=cls.pretrained_networks)
 
     def mc_mean_probabilities(self, unet, logits: torch.Tensor) -> torch.Tensor:
         """Mean probabilities over ``mc_samples`` dropout samples of ``unet``, without gradient: the training
