@@ -73,6 +73,26 @@ def test_a_fold_missing_from_an_ssl_split_is_rejected_not_split_at_random(ssl_en
         trainer.get_dataloaders()
 
 
+def test_fold_all_on_a_split_with_unlabeled_lists_is_rejected(ssl_env, monkeypatch, split_dataset):
+    """nnU-Net's fold 'all' trains on every case, so it would read the labels of the split's unlabeled cases."""
+    write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"],
+                                         "unlabeled": ["case_003"]})
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, "2d", fold="all", dataset=split_dataset)
+    trainer.initialize()
+    with pytest.raises(SSLConfigError, match=r"fold 'all' .*every case.*splits_final.json marks 1 case\(s\) "
+                                             r"unlabeled.*train one of its folds"):
+        trainer.get_dataloaders()
+
+
+def test_fold_all_trains_with_the_imagesunlabeled_scans(ssl_env, monkeypatch):
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, "2d", fold="all")
+    trainer.initialize()
+    loader_train, _ = trainer.get_dataloaders()
+    batch = next(loader_train)
+    assert set(batch["unlabeled"]["keys"]) <= {f"unl_{i:03d}" for i in range(4)}
+    assert len(trainer.unlabeled_cases) == 4
+
+
 def test_split_unlabeled_cases_train_with_their_label_files_deleted(ssl_env, monkeypatch, split_dataset):
     unlabeled = ["case_003", "case_004", "case_005"]
     write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"],

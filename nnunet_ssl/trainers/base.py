@@ -113,12 +113,18 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
 
     def _split_file_unlabeled(self) -> list:
         """The fold's ``unlabeled`` list of splits_final.json (empty if none), checked against train/val."""
-        if self.fold == "all":
-            return []
         splits_file = f"{self.preprocessed_dataset_folder_base}/splits_final.json"
         try:
             splits = read_splits(splits_file)
         except FileNotFoundError:
+            return []
+        if self.fold == "all":
+            marked = set().union(*(fold.get("unlabeled", []) for fold in splits))
+            if marked:
+                # nnU-Net's fold 'all' trains on every case, so it would read the labels of the unlabeled ones
+                raise SSLConfigError(f"fold 'all' trains on every case of the dataset, but {splits_file} marks "
+                                     f"{len(marked)} case(s) unlabeled, whose labels it would read; train one of its "
+                                     f"folds (0 to {len(splits) - 1}) instead")
             return []
         if self.fold >= len(splits):
             if any("unlabeled" in fold for fold in splits):
