@@ -7,7 +7,7 @@ import pytest
 
 from conftest import clone_dataset, make_trainer
 from nnunet_ssl.errors import SSLConfigError
-from nnunet_ssl.trainers import nnUNetTrainerMeanTeacher
+from nnunet_ssl.trainers import nnUNetTrainerCMEMS, nnUNetTrainerMeanTeacher
 
 
 class WideUnlabeledBatch(nnUNetTrainerMeanTeacher):
@@ -178,3 +178,51 @@ def test_unlabeled_batch_is_split_across_gpus_like_nnunets_labeled_batch(global_
     base = [global_batch // world_size] * world_size
     nnunet = [b + 1 if b * world_size + i < global_batch else b for i, b in enumerate(base)]
     assert shares == nnunet and sum(shares) == global_batch
+
+
+@pytest.fixture
+def masked_norm_dataset(ssl_env):
+    """Dataset996 with one unlabeled 2d case normalised as with use_mask_for_norm: 0 outside its nonzero mask (the
+    left half and the padding), values near 5 inside."""
+    import blosc2
+    import numpy as np
+    import shutil
+
+    dataset = clone_dataset(ssl_env, 996, "MaskNorm")
+    folder = os.path.join(ssl_env["nnUNet_preprocessed"], dataset)
+    with open(os.path.join(folder, "nnUNetPlans.json")) as f:
+        patch = json.load(f)["configurations"]["2d"]["patch_size"]
+    image = np.zeros((1, 2, *patch), np.float32)
+    image[..., patch[1] // 2:] = np.random.default_rng(0).normal(5, 0.1, (1, 2, patch[0], patch[1] - patch[1] // 2))
+    os.makedirs(os.path.join(folder, "nnUNetPlans_2d_unlabeled"))
+    blosc2.asarray(image, urlpath=os.path.join(folder, "nnUNetPlans_2d_unlabeled", "unl_mask.b2nd"), mode="w")
+    yield dataset
+    shutil.rmtree(folder)
+    shutil.rmtree(os.path.join(ssl_env["nnUNet_raw"], dataset))
+
+
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerMeanTeacher, nnUNetTrainerCMEMS])
+def test_unlabeled_patches_are_masked_after_augmentation_like_labeled_ones(ssl_env, monkeypatch, masked_norm_dataset,
+                                                                           trainer_class):
+    """With use_mask_for_norm nnU-Net sets the labeled patches back to 0 outside the nonzero mask after intensity
+    augmentation (noise, contrast, ...); the unlabeled patches must get the same, without a label file."""
+    import numpy as np
+    import torch
+
+    def mask_for_norm(plans):
+        plans["configurations"]["2d"]["use_mask_for_norm"] = [True]
+
+    trainer = make_trainer(ssl_env, monkeypatch, trainer_class, "2d", dataset=masked_norm_dataset,
+                           plans_edit=mask_for_norm)
+    trainer.initialize()
+    loader_train, _ = trainer.get_dataloaders()
+    np.random.seed(0)
+    torch.manual_seed(0)
+    batches = [next(loader_train)["unlabeled"] for _ in range(8)]
+    assert "segmentation" not in batches[0], "the mask is not handed on as a label"
+    patches = torch.cat([batch["data"] for batch in batches])
+    assert len(patches) >= 24
+    exact_zeros = (patches == 0).flatten(1).float().mean(1)
+    near_zeros = ((patches != 0) & (patches.abs() < 0.25)).flatten(1).float().mean(1)
+    assert torch.all(exact_zeros > 0.1), "the outside of the mask is 0 in every patch"
+    assert torch.all(near_zeros < 0.01), "no noise or contrast shift left outside the mask"

@@ -5,6 +5,8 @@ The composite loader returns nnU-Net's labeled batch (``data``, ``target``, ``ke
 streams run inside nnU-Net's augmentation workers, so the unlabeled stream adds work to the same pool instead of
 a second one competing for cores.
 """
+from typing import Sequence
+
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
@@ -16,15 +18,29 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunet_ssl.data.unlabeled import UnlabeledImages
 
 
+def nonzero_mask_segmentation(image: torch.Tensor, mask_channels: Sequence[int]) -> torch.Tensor:
+    """nnU-Net's nonzero mask in its segmentation encoding (0 inside, -1 outside), read from a preprocessed image:
+    normalisation with ``use_mask_for_norm`` sets every voxel outside the mask to exactly 0 (and patches are padded
+    with 0), while a voxel inside is 0 only if it equals the channel's mean in every masked channel."""
+    inside = (image[list(mask_channels)] != 0).any(0, keepdim=True)
+    return torch.where(inside, 0, -1).to(torch.int16)
+
+
 class UnlabeledDataLoader(nnUNetDataLoader):
     """nnU-Net's patch sampling without labels: random boxes (no foreground oversampling, no class locations),
-    the image only. The batch carries no ``target``."""
+    the image only. The batch carries no ``target``.
+
+    With ``mask_channels`` (the channels nnU-Net normalises within the nonzero mask, ``use_mask_for_norm``) the
+    transforms also get that mask as ``segmentation``, derived from the image, never from a label file, so that
+    nnU-Net's MaskImageTransform sets the region outside it back to 0 after intensity augmentation, as for the
+    labeled patches. The mask is dropped from the batch."""
 
     def __init__(self, data: UnlabeledImages, batch_size: int, patch_size, final_patch_size,
-                 label_manager: LabelManager, transforms=None):
+                 label_manager: LabelManager, transforms=None, mask_channels: Sequence[int] = ()):
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
                          oversample_foreground_percent=0.0, transforms=transforms)
         self.has_ignore = False  # no annotation to restrict sampling to
+        self.mask_channels = list(mask_channels)
 
     def generate_train_batch(self):
         keys = self.get_indices()
@@ -36,8 +52,13 @@ class UnlabeledDataLoader(nnUNetDataLoader):
                 cropped = torch.from_numpy(crop_and_pad_nd(image, [[lo, hi] for lo, hi in zip(bbox_lbs, bbox_ubs)], 0))
                 if self.patch_size_was_2d:
                     cropped = cropped[:, 0]
-                cropped = cropped.float()
-                samples.append(self.transforms(image=cropped) if self.transforms is not None else {"image": cropped})
+                sample = {"image": cropped.float()}
+                if self.mask_channels:
+                    sample["segmentation"] = nonzero_mask_segmentation(sample["image"], self.mask_channels)
+                if self.transforms is not None:
+                    sample = self.transforms(**sample)
+                sample.pop("segmentation", None)
+                samples.append(sample)
         batch = {"data": torch.stack([s.pop("image") for s in samples]), "keys": keys}
         for name in samples[0]:
             if isinstance(samples[0][name], torch.Tensor):

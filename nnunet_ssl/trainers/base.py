@@ -142,12 +142,13 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         return UnlabeledImages(self.unlabeled_cases)
 
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
-        """nnU-Net's training augmentation without anything label-related. The unlabeled stream carries no
-        segmentation, so images are not re-masked after augmentation (they are already 0 outside the
-        non-zero mask from normalisation). Override to add views (e.g. a strongly perturbed copy)."""
+        """nnU-Net's training augmentation without labels. Where the plans normalise within the nonzero mask
+        (``use_mask_for_norm``), the loader passes that mask, read from the image, as the segmentation, and
+        nnU-Net's masking sets the outside back to 0 after intensity augmentation, as for the labeled patches.
+        Override to add views (e.g. a strongly perturbed copy)."""
         return self.get_training_transforms(
             patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d_data_aug,
-            use_mask_for_norm=[False] * len(self.configuration_manager.use_mask_for_norm),
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
             is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
             ignore_label=None)
 
@@ -178,7 +179,8 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
                              **common),
             UnlabeledDataLoader(unlabeled, self.batch_size_unlabeled, initial_patch_size, patch_size,
                                 self.label_manager,
-                                self.get_unlabeled_transforms(patch_size, rotation, mirror_axes, dummy_2d)))
+                                self.get_unlabeled_transforms(patch_size, rotation, mirror_axes, dummy_2d),
+                                [c for c, masked in enumerate(self.configuration_manager.use_mask_for_norm) if masked]))
         dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, transforms=val_transforms,
                                   **common)
 
