@@ -37,6 +37,9 @@ def nnunet_env(workdir: str, **extra) -> dict:
     # convolutions up to 40x slower (measured here: one 2d forward 0.5-0.9 s instead of 0.02 s); passive waiting
     # avoids that. Users can still set their own policy.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # nnU-Net's final validation exports through a pool of nnUNet_def_n_proc (default 8) spawned processes of
+    # about 1 GB each; more than the cores only costs memory and start-up
+    env.setdefault("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 2)))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -155,13 +158,52 @@ def hold_out_test_cases(raw: str) -> None:
           flush=True)
 
 
-def write_splits(env: dict, fraction: float, workdir: str) -> None:
-    """nnU-Net's 5 folds, each with ``fraction`` of its training cases labeled (kept if already written)."""
+def write_splits(env: dict, workdir: str, num_labeled: int = None, fraction: float = None) -> None:
+    """nnU-Net's 5 folds, each with ``num_labeled`` cases (or a ``fraction``) of its training cases labeled and the
+    rest unlabeled; kept if already written for the same amount."""
+    amount = ["--num-labeled", str(num_labeled)] if num_labeled is not None else ["--fraction", str(fraction)]
     splits = os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "splits_final.json")
-    marker = os.path.join(workdir, f"splits_fraction_{fraction}")
+    marker = os.path.join(workdir, "splits" + "_".join(amount).replace("--", "_"))
     if os.path.isfile(splits) and os.path.isfile(marker):
         return
     if os.path.isfile(splits):
-        raise SystemExit(f"{splits} exists for another labeled fraction; use another --workdir")
-    run([bin_path("nnunet_ssl_split"), "-d", str(DATASET_ID), "--fraction", str(fraction), "--folds", "5"], env)
+        raise SystemExit(f"{splits} exists for another labeled amount than {' '.join(amount)}; use another --workdir")
+    run([bin_path("nnunet_ssl_split"), "-d", str(DATASET_ID), *amount, "--folds", "5"], env)
     open(marker, "w").close()
+
+
+def provenance(seeds: dict = None) -> dict:
+    """What made a result: the commit (and whether the tree had uncommitted changes), package versions, seeds, the
+    command line and the machine."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    def package_version(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None,
+            "versions": {name: package_version(name) for name in
+                         ("nnunet-ssl", "nnunetv2", "torch", "dynamic-network-architectures", "batchgeneratorsv2")},
+            "python": platform.python_version(), "seeds": seeds or {}, "command": " ".join(sys.argv),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _read_lines(path: str) -> list:
+    try:
+        with open(path) as f:
+            return f.readlines()
+    except OSError:
+        return []

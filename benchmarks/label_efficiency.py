@@ -1,33 +1,41 @@
 """Label-efficiency benchmark: nnU-Net on a few labeled cases alone versus every SSL trainer with the same labeled
-cases plus the rest as unlabeled, the same number of iterations, scored on held-out test cases.
+cases plus the rest of the fold's training cases as unlabeled, the same schedule, scored on held-out test cases.
 
-    python benchmarks/label_efficiency.py --budget cpu-1h      # Hippocampus, about an hour on a 2-core CPU
-    python benchmarks/label_efficiency.py --budget gpu         # Hippocampus 3d_fullres, one GPU, several hours
-    python benchmarks/label_efficiency.py --budget acdc-gpu    # ACDC 2d, SSL4MIS split, one GPU, short
+    python benchmarks/label_efficiency.py --budget hippo2d-l2   # the protocol: Hippocampus 2d, 2 labeled cases
+    python benchmarks/label_efficiency.py --budget hippo2d-l1   # the exemplar setting: 1 labeled case
+    python benchmarks/label_efficiency.py --budget gpu          # Hippocampus 3d_fullres, 5 %, one GPU
+    python benchmarks/label_efficiency.py --budget acdc-gpu     # ACDC 2d, SSL4MIS split, one GPU
 
 Data (../shared/data):
 * MSD Hippocampus. A fixed, seeded 20 % of the cases is moved to imagesTs/labelsTs *before* planning, so no split
   can contain them and they are never trained on (not even as unlabeled cases). The rest is planned and
-  preprocessed; ``nnunet_ssl_split --fraction F --folds 5`` then makes nnU-Net's 5 folds with a labeled fraction F
-  of each fold's training cases and the others unlabeled. Each fold is one repetition (other labeled cases, other
-  initialisation); the fold's ``val`` cases only feed nnU-Net's online pseudo-Dice.
+  preprocessed; ``nnunet_ssl_split --num-labeled N --folds 5`` (or ``--fraction F``) then makes nnU-Net's 5 folds,
+  each with N labeled training cases and the fold's other training cases unlabeled. Each fold is one repetition
+  (other labeled cases, other initialisation). Settings are chosen on the fold's ``val`` cases (nnU-Net's final
+  validation, ``val Dice``), never on the test cases.
 * ACDC (SSL4MIS h5 and lists), converted by ``nnunet_ssl_convert_acdc``: test.list's 20 patients are the test set
   (imagesTs/labelsTs), the one fold labels train.list's first 7 patients (SSL4MIS's 136 slices, 10 %) and leaves
   the other 63 unlabeled; val.list's 10 patients are the validation cases.
 
-Every trainer runs as a short-schedule variant (``<Trainer>_bench_<budget>``, written into the benchmark's own
-``nnUNet_extTrainer`` folder): the budget's epochs x iterations and batch size for all, and no final validation
-(the test set is scored instead). Then ``nnUNetv2_predict`` with checkpoint_final on imagesTs and
-``nnunet_ssl_evaluate`` against labelsTs.
+Rows: ``nnUNetTrainer`` (labeled cases only), ``nnUNetTrainer@3x`` (3x the iterations: shows whether the schedule
+has converged, and is the equal-optimizer-steps control for LeFeD's 3 passes), ``nnUNetTrainer@full`` (every
+training case of the fold with its label: the fully supervised ceiling), and every trainer of
+``nnunet_ssl.trainers.__all__`` (defaults and ``_paper`` variants). ``--trainers`` also takes the search
+candidates of ``benchmarks/candidates.py``.
 
-CPU budgets predict without test-time mirroring (4x fewer forwards, the same for every trainer). All commands
-run with ``OMP_WAIT_POLICY=PASSIVE`` unless set (see ``bench_common.nnunet_env``).
+Every row runs as a short-schedule variant (``<Trainer>_bench_<budget>``, written into the benchmark's own
+``nnUNet_extTrainer`` folder): the budget's epochs x iterations and batch size for all, then nnU-Net's final
+validation on the fold's val cases, ``nnUNetv2_predict`` with checkpoint_final on imagesTs and
+``nnunet_ssl_evaluate`` against labelsTs. CPU budgets validate and predict without test-time mirroring (4x fewer
+forwards, the same for every trainer). All commands run with ``OMP_WAIT_POLICY=PASSIVE`` unless set.
 
-``--repeats N`` trains every (trainer, fold) N times (other initialisation and sampling; repetition r > 0 keeps its
-models in ``nnUNet_results_rep<r>``); the table gives mean and spread over all runs.
+Output: a table (mean ± std over folds, the paired per-fold difference to nnUNetTrainer, the share of the gap to
+the ceiling each row closes), a plot, and ``benchmarks/label_efficiency_<budget>.json`` (per row and fold the
+foreground-mean test and validation Dice, with provenance: commit, versions, seeds, command, machine).
 
+``--repeats N`` trains every (row, fold) N times (repetition r > 0 keeps its models in ``nnUNet_results_rep<r>``).
 Resumable: a run whose checkpoint_final exists is not trained again (an interrupted one continues with ``--c``),
-predictions and scores that exist are kept. The results table is printed at the end and written next to a plot.
+predictions and scores that exist are kept; ``--report-only`` summarises the finished runs without training.
 """
 import argparse
 import glob
@@ -40,32 +48,54 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as bc  # noqa: E402
 
+#: nnunet_ssl_split's default seed (nnU-Net's cross-validation seed), for folds and labeled subsets
+SPLIT_SEED = 12345
+
 #: nnU-Net id and folder of each dataset, and its foreground labels (value: name), all scored
 DATASETS = {
     "hippocampus": dict(id=bc.DATASET_ID, name=bc.DATASET_NAME, labels={1: "anterior", 2: "posterior"}),
     "acdc": dict(id=bc.ACDC_ID, name=bc.ACDC_NAME, labels={1: "RV", 2: "MYO", 3: "LV"}),
 }
 
-#: dataset, configuration, labeled fraction (Hippocampus; ACDC has SSL4MIS's split), folds, schedule, batch size
-#: (None = the plans'), device, test-time mirroring
+#: dataset, configuration, split (Hippocampus: labeled cases per fold or labeled fraction of the fold's training
+#: cases; ACDC has SSL4MIS's split), folds, schedule, batch size (None = the plans'), device, test-time mirroring
 BUDGETS = {
-    "smoke": dict(dataset="hippocampus", configuration="2d", fraction=0.05, folds=[0], epochs=1, iterations=2,
-                  val_iterations=1, batch_size=4, device="cpu", tta=False),
-    "cpu-1h": dict(dataset="hippocampus", configuration="2d", fraction=0.05, folds=[0], epochs=30, iterations=12,
-                   val_iterations=2, batch_size=2, device="cpu", tta=False),
-    "gpu": dict(dataset="hippocampus", configuration="3d_fullres", fraction=0.05, folds=[0, 1, 2], epochs=100,
-                iterations=250, val_iterations=50, batch_size=None, device="cuda", tta=True),
-    "acdc-smoke": dict(dataset="acdc", configuration="2d", fraction=None, folds=[0], epochs=1, iterations=2,
+    "smoke": dict(dataset="hippocampus", configuration="2d", split=dict(num_labeled=2), folds=[0], epochs=1,
+                  iterations=2, val_iterations=1, batch_size=4, device="cpu", tta=False),
+    # the protocol (issue 12): 2 labeled Hippocampus cases per fold, the fold's other training cases unlabeled
+    "hippo2d-l2": dict(dataset="hippocampus", configuration="2d", split=dict(num_labeled=2), folds=[0, 1, 2],
+                       epochs=20, iterations=50, val_iterations=10, batch_size=8, device="cpu", tta=False),
+    # the exemplar setting (CMEMS's): 1 labeled case per fold
+    "hippo2d-l1": dict(dataset="hippocampus", configuration="2d", split=dict(num_labeled=1), folds=[0, 1, 2],
+                       epochs=20, iterations=50, val_iterations=10, batch_size=8, device="cpu", tta=False),
+    "gpu": dict(dataset="hippocampus", configuration="3d_fullres", split=dict(fraction=0.05), folds=[0, 1, 2],
+                epochs=100, iterations=250, val_iterations=50, batch_size=None, device="cuda", tta=True),
+    "acdc-smoke": dict(dataset="acdc", configuration="2d", split=None, folds=[0], epochs=1, iterations=2,
                        val_iterations=1, batch_size=4, device="cpu", tta=False),
     # sized (not measured) to fit the six trainers into about 20 minutes of one GPU
-    "acdc-gpu": dict(dataset="acdc", configuration="2d", fraction=None, folds=[0], epochs=10, iterations=50,
+    "acdc-gpu": dict(dataset="acdc", configuration="2d", split=None, folds=[0], epochs=10, iterations=50,
                      val_iterations=10, batch_size=8, device="cuda", tta=True),
 }
 
+#: control rows: nnUNetTrainer at 3x the iterations (convergence check, and the equal-optimizer-steps control for
+#: LeFeD's 3 passes), and nnUNetTrainer trained on every training case of the fold, labels of the unlabeled ones
+#: included (the fully supervised ceiling)
+CONTROLS = {"nnUNetTrainer@3x": dict(base="nnUNetTrainer", epochs_factor=3, full=False),
+            "nnUNetTrainer@full": dict(base="nnUNetTrainer", epochs_factor=1, full=True)}
+BASELINE, CEILING = "nnUNetTrainer", "nnUNetTrainer@full"
+
+#: extra trainer classes for the search of defaults on validation cases (benchmarks/candidates.py), imported by the
+#: variants module like nnunet_ssl's trainers
+CANDIDATES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "candidates.py")
+
 VARIANTS = textwrap.dedent('''
-    """Short-schedule variants of nnUNetTrainer and every nnunet-ssl trainer for the label-efficiency benchmark
-    (written by benchmarks/label_efficiency.py)."""
+    """Short-schedule variants of nnUNetTrainer, every nnunet-ssl trainer and the search candidates for the
+    label-efficiency benchmark (written by benchmarks/label_efficiency.py)."""
     import copy
+    import importlib.util
+    import json
+    import os
+    import sys
 
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -73,30 +103,59 @@ VARIANTS = textwrap.dedent('''
     import nnunet_ssl.trainers as trainers
 
     SCHEDULES = {schedules!r}
+    CONTROLS = {controls!r}
 
 
-    def _variant(base, tag, schedule):
+    def _candidates():
+        spec = importlib.util.spec_from_file_location("nnunet_ssl_bench_candidates", {candidates!r})
+        if spec is None or not os.path.isfile({candidates!r}):
+            return []
+        module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
+        if spec.name not in sys.modules:
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        return [getattr(module, name) for name in module.__all__]
+
+
+    def _variant(base, name, schedule, epochs_factor=1, full=False):
         def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
             if schedule["batch_size"] is not None:
                 plans = copy.deepcopy(plans)
                 plans["configurations"][configuration]["batch_size"] = schedule["batch_size"]
             base.__init__(self, plans, configuration, fold, dataset_json, device)
-            self.num_epochs = schedule["epochs"]
+            self.num_epochs = schedule["epochs"] * epochs_factor
             self.num_iterations_per_epoch = schedule["iterations"]
             self.num_val_iterations_per_epoch = schedule["val_iterations"]
-            self.save_every = max(1, schedule["epochs"] // 6)  # an interrupted run loses little (resumable)
+            self.save_every = max(1, self.num_epochs // 6)  # an interrupted run loses little (resumable)
+
+        def do_split(self):
+            """The fully supervised ceiling: the fold's labeled and unlabeled cases, all with their labels."""
+            tr_keys, val_keys = base.do_split(self)
+            with open(os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")) as f:
+                unlabeled = json.load(f)[self.fold].get("unlabeled", [])
+            self.print_to_log_file(f"benchmark ceiling: {{len(unlabeled)}} unlabeled cases trained with labels")
+            return list(tr_keys) + list(unlabeled), val_keys
 
         def perform_actual_validation(self, save_probabilities=False):
-            self.print_to_log_file("benchmark variant: no final validation (the benchmark scores the test set)")
+            if not schedule["tta"]:
+                self.inference_allowed_mirroring_axes = None  # as the test set is predicted (--disable_tta)
+            base.perform_actual_validation(self, save_probabilities)
 
-        return type(base.__name__ + "_bench_" + tag, (base,), {{
-            "__init__": __init__, "perform_actual_validation": perform_actual_validation, "__module__": __name__}})
+        members = {{"__init__": __init__, "perform_actual_validation": perform_actual_validation,
+                   "__module__": __name__}}
+        if full:
+            members["do_split"] = do_split
+        return type(name, (base,), members)
 
 
     for _tag, _schedule in SCHEDULES.items():
-        for _base in [nnUNetTrainer] + [getattr(trainers, name) for name in trainers.__all__]:
-            _cls = _variant(_base, _tag, _schedule)
-            globals()[_cls.__name__] = _cls
+        for _base in [nnUNetTrainer] + [getattr(trainers, n) for n in trainers.__all__] + _candidates():
+            globals()[_base.__name__ + "_bench_" + _tag] = _variant(_base, _base.__name__ + "_bench_" + _tag,
+                                                                    _schedule)
+        for _row, _control in CONTROLS.items():
+            _name = _row.replace("@", "_") + "_bench_" + _tag
+            globals()[_name] = _variant(nnUNetTrainer, _name, _schedule, _control["epochs_factor"],
+                                        _control["full"])
 ''')
 
 
@@ -104,21 +163,39 @@ def budget_tag(budget: str) -> str:
     return budget.replace("-", "")
 
 
-def write_variants(workdir: str) -> None:
-    schedules = {budget_tag(name): {k: b[k] for k in ("epochs", "iterations", "val_iterations", "batch_size")}
+def variant_name(row: str, tag: str) -> str:
+    """The nnU-Net trainer class of a row: ``<Trainer>_bench_<tag>``, ``nnUNetTrainer_3x_bench_<tag>``, ..."""
+    return row.replace("@", "_") + "_bench_" + tag
+
+
+def write_variants(root: str) -> None:
+    schedules = {budget_tag(name): {k: b[k] for k in ("epochs", "iterations", "val_iterations", "batch_size", "tta")}
                  for name, b in BUDGETS.items()}
-    os.makedirs(os.path.join(workdir, "ext"), exist_ok=True)
-    with open(os.path.join(workdir, "ext", "benchmark_trainers.py"), "w") as f:
-        f.write(VARIANTS.format(schedules=schedules))
+    controls = {row: {k: v for k, v in c.items() if k != "base"} for row, c in CONTROLS.items()}
+    os.makedirs(os.path.join(root, "ext"), exist_ok=True)
+    with open(os.path.join(root, "ext", "benchmark_trainers.py"), "w") as f:
+        f.write(VARIANTS.format(schedules=schedules, controls=controls, candidates=CANDIDATES_FILE))
 
 
-def prepare(budget: dict, workdir: str) -> dict:
+def split_tag(split: dict) -> str:
+    """``{'num_labeled': 2}`` -> ``l2``, ``{'fraction': 0.05}`` -> ``f0.05``."""
+    return f"l{split['num_labeled']}" if "num_labeled" in split else f"f{split['fraction']}"
+
+
+def dataset_root(budget: dict, workdir: str) -> str:
+    """The nnU-Net folders of a budget: one per dataset and split (the split lives in the preprocessed folder)."""
+    if budget["dataset"] == "acdc":
+        return os.path.join(workdir, "acdc")
+    return os.path.join(workdir, f"hippocampus_{split_tag(budget['split'])}")
+
+
+def prepare(budget: dict, root: str) -> dict:
     """The budget's dataset converted, planned, preprocessed and split; returns the benchmark environment."""
     configurations = (budget["configuration"],)
     if budget["dataset"] == "acdc":
-        return bc.prepare_acdc(workdir, configurations)
-    env = bc.prepare_hippocampus(workdir, configurations)
-    bc.write_splits(env, budget["fraction"], workdir)
+        return bc.prepare_acdc(root, configurations)
+    env = bc.prepare_hippocampus(root, configurations)
+    bc.write_splits(env, root, **budget["split"])
     return env
 
 
@@ -134,9 +211,10 @@ def labeled_cases(env: dict, dataset: dict, folds) -> str:
     return f"{len(split['train'])} labeled + {len(split.get('unlabeled', []))} unlabeled training cases"
 
 
-def run_one(env, budget: dict, tag: str, trainer: str, fold: int, out: str, test_images: str, test_labels: str):
-    """Train (or continue), predict the test images, score them. Each stage is skipped when its output exists."""
-    variant = f"{trainer}_bench_{tag}"
+def run_one(env, budget: dict, tag: str, row: str, fold: int, out: str, test_images: str, test_labels: str):
+    """Train (or continue), predict the test images, score them. Each stage is skipped when its output exists.
+    The training's provenance (commit, versions, command) is kept in ``out/train_meta.json``."""
+    variant = variant_name(row, tag)
     configuration = budget["configuration"]
     dataset = DATASETS[budget["dataset"]]
     model = os.path.join(env["nnUNet_results"], dataset["name"], f"{variant}__nnUNetPlans__{configuration}")
@@ -148,8 +226,9 @@ def run_one(env, budget: dict, tag: str, trainer: str, fold: int, out: str, test
         start = time.time()
         bc.run([bc.bin_path("nnUNetv2_train"), str(dataset["id"]), configuration, str(fold), "-tr", variant,
                 "-device", budget["device"], *resume], env, log)
-        with open(os.path.join(out, "train_time.json"), "w") as f:
-            json.dump({"seconds": time.time() - start, "resumed": bool(resume)}, f)
+        with open(os.path.join(out, "train_meta.json"), "w") as f:
+            json.dump({"seconds": time.time() - start, "resumed": bool(resume),
+                       "provenance": bc.provenance({"split": SPLIT_SEED})}, f, indent=1)
     pred = os.path.join(out, "pred")
     n_test = len(glob.glob(os.path.join(test_images, "*.nii.gz")))
     if len(glob.glob(os.path.join(pred, "*.nii.gz"))) < n_test:
@@ -176,41 +255,62 @@ def pseudo_dice_curve(fold_dir: str):
     return [float(v) for v in checkpoint["logging"]["ema_fg_dice"]]
 
 
-def summarise(records: list, labels) -> list:
-    """Per trainer: mean and std over its runs (folds x repeats) of the test metrics (foreground mean and per
-    label)."""
+def record(row: str, fold: int, out: str, fold_dir: str, labels) -> dict:
+    """One run's numbers: test metrics (foreground mean and per label), the validation Dice of nnU-Net's final
+    validation on the fold's val cases (what settings are chosen on), training minutes and commit."""
+    with open(os.path.join(out, "scores.json")) as f:
+        scores = json.load(f)
+    fg, per_label = scores["foreground_mean"], scores["mean"]
+    meta_file = os.path.join(out, "train_meta.json")
+    meta = json.load(open(meta_file)) if os.path.isfile(meta_file) else {}
+    val_file = os.path.join(fold_dir, "validation", "summary.json")
+    val = json.load(open(val_file))["foreground_mean"]["Dice"] if os.path.isfile(val_file) else None
+    return {"trainer": row, "fold": fold, "dice": fg["Dice"], "val_dice": val, "hd95": fg.get("HD95"),
+            "asd": fg.get("ASD"), **{f"dice_{label}": per_label[str(label)]["Dice"] for label in labels},
+            "train_minutes": meta["seconds"] / 60 if meta and not meta["resumed"] else None,
+            "commit": meta.get("provenance", {}).get("commit")}
+
+
+def _mean_std(values) -> tuple:
     import numpy as np
+    values = np.array([v for v in values if v is not None], dtype=float)
+    return (float(values.mean()), float(values.std())) if len(values) else None
+
+
+def summarise(records: list, labels) -> list:
+    """Per row: mean and std over its runs (folds x repeats) of the test metrics; the paired per-fold difference
+    to nnUNetTrainer (mean and std over the folds both have); the share of the gap between nnUNetTrainer and the
+    ceiling that the row closes (mean difference over mean gap, on the folds all three have)."""
+    def by_fold(row):
+        runs = {}
+        for r in records:
+            if r["trainer"] == row:
+                runs.setdefault(r["fold"], []).append(r["dice"])
+        return {fold: sum(d) / len(d) for fold, d in runs.items()}
+
+    base, ceiling = by_fold(BASELINE), by_fold(CEILING)
     rows = []
     for trainer in dict.fromkeys(r["trainer"] for r in records):
         runs = [r for r in records if r["trainer"] == trainer]
         row = {"trainer": trainer, "runs": len(runs), "folds": sorted({r["fold"] for r in runs})}
-        for key in ("dice", *(f"dice_{label}" for label in labels), "hd95", "asd", "train_minutes"):
-            values = np.array([r[key] for r in runs if r.get(key) is not None], dtype=float)
-            row[key] = (float(values.mean()), float(values.std())) if len(values) else None
+        for key in ("dice", "val_dice", *(f"dice_{label}" for label in labels), "hd95", "asd", "train_minutes"):
+            row[key] = _mean_std(r.get(key) for r in runs)
+        own = by_fold(trainer)
+        paired = [own[f] - base[f] for f in own if f in base]
+        row["gain"] = _mean_std(paired) if paired and trainer != BASELINE else None
+        both = [f for f in own if f in base and f in ceiling]
+        gap = sum(ceiling[f] - base[f] for f in both)
+        row["gap_closed"] = (sum(own[f] - base[f] for f in both) / gap
+                             if both and gap > 0 and trainer not in (BASELINE, CEILING) else None)
         rows.append(row)
-    baseline = next((r for r in rows if r["trainer"] == "nnUNetTrainer"), None)
-    for row in rows:
-        row["gain"] = row["dice"][0] - baseline["dice"][0] if baseline else None
     return rows
 
 
-def record(trainer: str, fold: int, out: str, labels) -> dict:
-    with open(os.path.join(out, "scores.json")) as f:
-        scores = json.load(f)
-    fg = scores["foreground_mean"]
-    per_label = scores["mean"]
-    timing_file = os.path.join(out, "train_time.json")
-    timing = json.load(open(timing_file)) if os.path.isfile(timing_file) else None
-    return {"trainer": trainer, "fold": fold, "dice": fg["Dice"], "hd95": fg.get("HD95"), "asd": fg.get("ASD"),
-            **{f"dice_{label}": per_label[str(label)]["Dice"] for label in labels},
-            "train_minutes": timing["seconds"] / 60 if timing and not timing["resumed"] else None}
-
-
-def fmt(value, digits=3):
+def fmt(value, digits=3, signed=False):
     if value is None:
         return "n/a"
     mean, std = value
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:{'+' if signed else ''}.{digits}f} ± {std:.{digits}f}"
 
 
 def table(rows: list, budget: dict, labels: dict) -> str:
@@ -218,35 +318,57 @@ def table(rows: list, budget: dict, labels: dict) -> str:
              f"{budget['repeats']} repeat(s); {budget['labeled']} (fold {budget['folds'][0]}); {budget['epochs']} x "
              f"{budget['iterations']} iterations, batch {budget['batch_size'] or 'from plans'}, "
              f"{budget['configuration']}, test-time mirroring {'on' if budget['tta'] else 'off'}; mean ± std over "
-             f"the runs (std 0 with one run).", "",
-             "| Trainer | Dice (fg mean) | Δ vs nnUNetTrainer | " + "".join(f"Dice {n} | " for n in labels.values())
-             + "HD95 mm | ASD mm | train min |", "|---|---|---|" + "---|" * len(labels) + "---|---|---|"]
+             f"the runs (std 0 with one run); Δ: paired per-fold difference to nnUNetTrainer; gap closed: share of "
+             f"the ceiling's lead over nnUNetTrainer.", "",
+             "| Trainer | folds | test Dice (fg mean) | Δ vs nnUNetTrainer | gap closed | val Dice | "
+             + "".join(f"Dice {n} | " for n in labels.values()) + "HD95 mm | ASD mm | train min |",
+             "|---|---|---|---|---|---|" + "---|" * len(labels) + "---|---|---|"]
     for r in rows:
-        gain = "n/a" if r["gain"] is None else f"{r['gain']:+.3f}"
+        gap = "n/a" if r["gap_closed"] is None else f"{100 * r['gap_closed']:+.0f} %"
         per_label = "".join(f"{fmt(r[f'dice_{label}'])} | " for label in labels)
-        lines.append(f"| {r['trainer']} | {fmt(r['dice'])} | {gain} | {per_label}"
+        lines.append(f"| {r['trainer']} | {','.join(map(str, r['folds']))} | {fmt(r['dice'])} | "
+                     f"{fmt(r['gain'], signed=True)} | {gap} | {fmt(r['val_dice'])} | {per_label}"
                      f"{fmt(r['hd95'], 2)} | {fmt(r['asd'], 2)} | {fmt(r['train_minutes'], 1)} |")
     return "\n".join(lines)
 
 
+def published_results(budget_name: str, budget: dict, records: list) -> dict:
+    """The committed summary: per row and fold the foreground-mean test Dice (mean over repeats), the same for
+    the validation Dice, and the provenance of the aggregation and of every run."""
+    def per_row(key):
+        table = {}
+        for r in records:
+            if r.get(key) is not None:
+                table.setdefault(r["trainer"], {}).setdefault(str(r["fold"]), []).append(r[key])
+        return {row: {fold: sum(v) / len(v) for fold, v in folds.items()} for row, folds in table.items()}
+
+    return {"budget": budget_name, "folds": budget["folds"], "dice": per_row("dice"), "val_dice": per_row("val_dice"),
+            "settings": {k: budget[k] for k in ("dataset", "configuration", "split", "epochs", "iterations",
+                                                "batch_size", "device", "tta", "labeled", "n_test", "repeats")},
+            "provenance": dict(bc.provenance({"split": SPLIT_SEED, "test_cases": bc.TEST_SEED}),
+                               runs={f"{r['trainer']}/fold_{r['fold']}": r["commit"] for r in records})}
+
+
 def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> None:
-    """Left: nnU-Net's validation pseudo-Dice versus iterations per method (mean over runs); right: test Dice,
+    """Left: nnU-Net's validation pseudo-Dice versus iterations per row (mean over runs); right: test Dice,
     mean and std over runs with every run as a dot."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    colors = {r["trainer"]: "grey" if r["trainer"] == "nnUNetTrainer" else f"C{i}" for i, r in enumerate(rows)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    colors = {r["trainer"]: "grey" if r["trainer"].startswith(BASELINE + "@") or r["trainer"] == BASELINE
+              else f"C{i}" for i, r in enumerate(rows)}
     for trainer, per_fold in curves.items():
         n = min(len(c) for c in per_fold)
         mean = np.mean([c[:n] for c in per_fold], axis=0)
-        left.plot(np.arange(1, n + 1) * budget["iterations"], mean, label=trainer, marker=".", color=colors[trainer])
+        left.plot(np.arange(1, n + 1) * budget["iterations"], mean, label=trainer, marker=".", markersize=3,
+                  color=colors[trainer], linestyle="--" if "@" in trainer else "-")
     left.set_xlabel("training iterations")
     left.set_ylabel("validation pseudo-Dice (nnU-Net EMA, fold's val cases)")
     left.set_title("Dice versus iterations")
-    left.legend(fontsize=8)
+    left.legend(fontsize=7)
     names = [r["trainer"].replace("nnUNetTrainer", "") or "nnUNet" for r in rows]
     right.bar(names, [r["dice"][0] for r in rows], yerr=[r["dice"][1] for r in rows], capsize=4,
               color=[colors[r["trainer"]] for r in rows], alpha=0.8)
@@ -255,7 +377,7 @@ def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> No
         right.scatter([x] * len(dice), dice, color="black", s=12, zorder=3)
     right.set_ylabel(f"test Dice, foreground mean ({budget['n_test']} held-out cases)")
     right.set_title(f"{budget['dataset']}, {budget['labeled']}, {budget['configuration']}", fontsize=9)
-    right.tick_params(axis="x", rotation=20)
+    right.tick_params(axis="x", rotation=30)
     dice = [rec["dice"] for rec in records]
     right.set_ylim(max(0.0, min(dice) - 0.1), min(1.0, max(dice) + 0.05))
     fig.tight_layout()
@@ -263,13 +385,23 @@ def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> No
     print(f"wrote {path}")
 
 
+def default_rows() -> list:
+    """nnUNetTrainer, its controls (where the budget has a split with unlabeled cases) and every nnunet-ssl
+    trainer (new ones are picked up from ``nnunet_ssl.trainers.__all__``)."""
+    return [BASELINE, *CONTROLS, *bc.trainer_names()[1:]]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu-1h")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="hippo2d-l2")
     parser.add_argument("--workdir", default=bc.DEFAULT_WORKDIR, help="nnU-Net folders and runs (default %(default)s)")
-    parser.add_argument("--trainers", nargs="+", help="subset of trainers (default: nnUNetTrainer and all SSL ones)")
+    parser.add_argument("--trainers", nargs="+", metavar="ROW",
+                        help="rows to run (default: nnUNetTrainer, " + ", ".join(CONTROLS) + " and every SSL "
+                             "trainer); also candidate classes of benchmarks/candidates.py")
     parser.add_argument("--folds", type=int, nargs="+", help="override the budget's folds")
     parser.add_argument("--repeats", type=int, default=1, help="runs per trainer and fold (default 1)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: summarise the finished runs (resume the others later)")
     parser.add_argument("--plot", help="PNG path (default benchmarks/label_efficiency_<budget>.png; smoke budgets: "
                                        "in the workdir)")
     args = parser.parse_args(argv)
@@ -279,39 +411,50 @@ def main(argv=None) -> None:
         budget["folds"] = args.folds
     tag = budget_tag(args.budget)
     dataset = DATASETS[budget["dataset"]]
-    env = prepare(budget, args.workdir)
-    write_variants(args.workdir)
+    root = dataset_root(budget, args.workdir)
+    env = prepare(budget, root)
+    write_variants(root)
     budget["labeled"] = labeled_cases(env, dataset, budget["folds"])
     raw = os.path.join(env["nnUNet_raw"], dataset["name"])
     test_images, test_labels = os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs")
     budget["n_test"] = len(glob.glob(os.path.join(test_labels, "*.nii.gz")))
 
-    trainers = args.trainers or bc.trainer_names()
-    runs = [(r, fold, trainer) for r in range(args.repeats) for fold in budget["folds"] for trainer in trainers]
+    rows = args.trainers or default_rows()
+    runs = [(r, fold, row) for r in range(args.repeats) for fold in budget["folds"] for row in rows]
     records, curves = [], {}
     start = time.time()
-    for i, (repeat, fold, trainer) in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {trainer} fold {fold} repeat {repeat} ({(time.time() - start) / 60:.1f} min "
-              f"elapsed)", flush=True)
-        out = os.path.join(args.workdir, "label_efficiency", args.budget, f"fold_{fold}",
-                           *([f"rep_{repeat}"] if repeat else []), trainer)
+    results_dir = os.path.join(root, "label_efficiency", args.budget)
+    for i, (repeat, fold, row) in enumerate(runs, 1):
+        out = os.path.join(results_dir, f"fold_{fold}", *([f"rep_{repeat}"] if repeat else []), row)
         run_env = dict(env, nnUNet_results=env["nnUNet_results"] + (f"_rep{repeat}" if repeat else ""))
-        fold_dir = run_one(run_env, budget, tag, trainer, fold, out, test_images, test_labels)
-        records.append(dict(record(trainer, fold, out, dataset["labels"]), repeat=repeat))
-        curves.setdefault(trainer, []).append(pseudo_dice_curve(fold_dir))
-        print(f"    test Dice {records[-1]['dice']:.3f}", flush=True)
+        fold_dir = os.path.join(run_env["nnUNet_results"], dataset["name"],
+                                f"{variant_name(row, tag)}__nnUNetPlans__{budget['configuration']}", f"fold_{fold}")
+        if args.report_only and not os.path.isfile(os.path.join(out, "scores.json")):
+            continue
+        print(f"[{i}/{len(runs)}] {row} fold {fold} repeat {repeat} ({(time.time() - start) / 60:.1f} min "
+              f"elapsed)", flush=True)
+        if not args.report_only:
+            run_one(run_env, budget, tag, row, fold, out, test_images, test_labels)
+        records.append(dict(record(row, fold, out, fold_dir, dataset["labels"]), repeat=repeat))
+        curves.setdefault(row, []).append(pseudo_dice_curve(fold_dir))
+        print(f"    test Dice {records[-1]['dice']:.3f}, validation Dice {records[-1]['val_dice']}", flush=True)
+    if not records:
+        raise SystemExit("no finished run to summarise")
 
-    rows = summarise(records, dataset["labels"])
-    text = table(rows, budget, dataset["labels"])
+    summary = summarise(records, dataset["labels"])
+    text = table(summary, budget, dataset["labels"])
     print("\n" + text)
-    results_dir = os.path.join(args.workdir, "label_efficiency", args.budget)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
-        json.dump({"budget": budget, "records": records, "summary": rows, "curves": curves}, f, indent=1)
+        json.dump({"budget": budget, "records": records, "summary": summary, "curves": curves}, f, indent=1)
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write(text + "\n")
-    published = os.path.join(bc.REPO, "benchmarks", f"label_efficiency_{tag}.png")
     smoke = args.budget.endswith("smoke")
-    plot(curves, rows, records, budget, args.plot or (os.path.join(results_dir, "plot.png") if smoke else published))
+    published = os.path.join(results_dir if smoke else os.path.join(bc.REPO, "benchmarks"),
+                             f"label_efficiency_{tag}")
+    with open(published + ".json", "w") as f:
+        json.dump(published_results(args.budget, budget, records), f, indent=1)
+    print(f"wrote {published}.json")
+    plot(curves, summary, records, budget, args.plot or published + ".png")
     print(f"total {(time.time() - start) / 60:.1f} min")
 
 

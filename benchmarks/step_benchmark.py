@@ -286,7 +286,7 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps(result), flush=True)
         os._exit(0)  # do not wait for data-loader workers to wind down
 
-    bc.write_splits(env, 0.05, args.workdir)
+    bc.write_splits(env, args.workdir, fraction=0.05)
     trainers = args.trainers or bc.trainer_names()
     if "nnUNetTrainer" not in trainers:
         trainers = ["nnUNetTrainer"] + trainers

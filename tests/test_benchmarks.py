@@ -49,27 +49,70 @@ def test_step_ratios_are_relative_to_nnunet_of_the_same_configuration():
     assert "miss: overhead" in step_benchmark.table([mt]) and "| ok |" in step_benchmark.table([rows["nnUNetTrainer", "2d"]])
 
 
-def test_label_efficiency_summary_mean_std_over_folds_and_gain():
-    def rec(trainer, fold, dice):
-        return {"trainer": trainer, "fold": fold, "dice": dice, "dice_1": dice, "dice_2": dice / 2, "hd95": 2.0,
-                "asd": None, "train_minutes": None}
+def _rec(trainer, fold, dice, val=None):
+    return {"trainer": trainer, "fold": fold, "dice": dice, "val_dice": val, "dice_1": dice, "dice_2": dice / 2,
+            "hd95": 2.0, "asd": None, "train_minutes": None, "commit": "abc"}
+
+
+def test_label_efficiency_summary_mean_std_over_folds_and_paired_gain():
     labels = {1: "anterior", 2: "posterior"}
-    # nnUNetTrainer: folds 0 and 1; X: fold 0 twice (two repeats)
-    rows = label_efficiency.summarise([rec("nnUNetTrainer", 0, 0.6), rec("nnUNetTrainer", 1, 0.8),
-                                       rec("nnUNetTrainerX", 0, 0.7), rec("nnUNetTrainerX", 0, 0.9)], labels)
+    # nnUNetTrainer: folds 0 and 1; X: fold 0 twice (two repeats, averaged per fold for the paired difference)
+    rows = label_efficiency.summarise([_rec("nnUNetTrainer", 0, 0.6, 0.5), _rec("nnUNetTrainer", 1, 0.8, 0.7),
+                                       _rec("nnUNetTrainerX", 0, 0.7), _rec("nnUNetTrainerX", 0, 0.9)], labels)
     assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "nnUNetTrainerX"]
     assert rows[0]["dice"] == pytest.approx((0.7, 0.1))
+    assert rows[0]["val_dice"] == pytest.approx((0.6, 0.1)) and rows[1]["val_dice"] is None
     assert rows[0]["dice_2"] == pytest.approx((0.35, 0.05))
-    assert rows[1]["gain"] == pytest.approx(0.1)
+    assert rows[0]["gain"] is None
+    assert rows[1]["gain"] == pytest.approx((0.2, 0.0)), "fold 0 only: mean of the repeats (0.8) minus 0.6"
+    assert rows[1]["gap_closed"] is None, "no ceiling measured"
     assert rows[1]["asd"] is None and rows[0]["folds"] == [0, 1] and rows[1]["folds"] == [0]
     assert rows[0]["runs"] == rows[1]["runs"] == 2
     budget = dict(label_efficiency.BUDGETS["smoke"], n_test=52, repeats=2,
-                  labeled="8 labeled + 158 unlabeled training cases")
+                  labeled="2 labeled + 164 unlabeled training cases")
     lines = label_efficiency.table(rows, budget, labels).splitlines()
     assert "1 fold(s) x 2 repeat(s)" in lines[0]
-    assert "Dice anterior | Dice posterior |" in lines[2]
-    assert lines[-1].startswith("| nnUNetTrainerX | 0.800 ± 0.100 | +0.100 | 0.800 ± 0.100 | 0.400 ± 0.050 | 2.00")
+    assert "| gap closed | val Dice | Dice anterior | Dice posterior |" in lines[2]
+    assert lines[-1].startswith("| nnUNetTrainerX | 0 | 0.800 ± 0.100 | +0.200 ± 0.000 | n/a | n/a | 0.800 ± 0.100 | "
+                                "0.400 ± 0.050 | 2.00")
     assert all(line.count("|") == lines[2].count("|") for line in lines[2:])
+
+
+def test_label_efficiency_gap_closed_is_the_mean_gain_over_the_mean_ceiling_lead():
+    records = [_rec("nnUNetTrainer", 0, 0.60), _rec("nnUNetTrainer", 1, 0.70),
+               _rec("nnUNetTrainer@full", 0, 0.80), _rec("nnUNetTrainer@full", 1, 0.80),
+               _rec("nnUNetTrainerX", 0, 0.70), _rec("nnUNetTrainerX", 1, 0.70),
+               _rec("nnUNetTrainerY", 0, 0.65)]
+    rows = {r["trainer"]: r for r in label_efficiency.summarise(records, {})}
+    assert rows["nnUNetTrainerX"]["gain"] == pytest.approx((0.05, 0.05))
+    assert rows["nnUNetTrainerX"]["gap_closed"] == pytest.approx(0.10 / 0.30)
+    assert rows["nnUNetTrainerY"]["gap_closed"] == pytest.approx(0.05 / 0.20), "only the folds it has"
+    assert rows["nnUNetTrainer@full"]["gap_closed"] is None and rows["nnUNetTrainer"]["gap_closed"] is None
+    assert rows["nnUNetTrainer@full"]["gain"] == pytest.approx((0.15, 0.05))
+
+
+def test_label_efficiency_publishes_dice_per_row_and_fold_with_provenance():
+    budget = dict(label_efficiency.BUDGETS["hippo2d-l2"], labeled="2 labeled", n_test=52, repeats=1)
+    records = [_rec("nnUNetTrainer", 0, 0.6, 0.5), _rec("nnUNetTrainer", 1, 0.8, 0.7), _rec("nnUNetTrainerX", 0, 0.7)]
+    published = label_efficiency.published_results("hippo2d-l2", budget, records)
+    assert published["budget"] == "hippo2d-l2" and published["folds"] == [0, 1, 2]
+    assert published["dice"] == {"nnUNetTrainer": {"0": 0.6, "1": 0.8}, "nnUNetTrainerX": {"0": 0.7}}
+    assert published["val_dice"] == {"nnUNetTrainer": {"0": 0.5, "1": 0.7}}
+    provenance = published["provenance"]
+    assert len(provenance["commit"]) == 40 and isinstance(provenance["dirty"], bool)
+    assert provenance["versions"]["nnunetv2"] and provenance["seeds"]["split"] == 12345
+    assert provenance["runs"] == {"nnUNetTrainer/fold_0": "abc", "nnUNetTrainer/fold_1": "abc",
+                                  "nnUNetTrainerX/fold_0": "abc"}
+
+
+def test_label_efficiency_rows_map_to_trainer_variants():
+    assert label_efficiency.variant_name("nnUNetTrainerDMD", "hippo2dl2") == "nnUNetTrainerDMD_bench_hippo2dl2"
+    assert label_efficiency.variant_name("nnUNetTrainer@3x", "smoke") == "nnUNetTrainer_3x_bench_smoke"
+    assert label_efficiency.split_tag({"num_labeled": 2}) == "l2"
+    assert label_efficiency.split_tag({"fraction": 0.05}) == "f0.05"
+    rows = label_efficiency.default_rows()
+    assert rows[:3] == ["nnUNetTrainer", "nnUNetTrainer@3x", "nnUNetTrainer@full"]
+    assert "nnUNetTrainerDMD" in rows
 
 
 def test_label_efficiency_reads_labeled_counts_and_rejects_folds_missing_from_the_split(tmp_path):
