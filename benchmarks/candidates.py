@@ -1,5 +1,19 @@
 """Candidate settings searched on validation cases (label-efficiency benchmark, ``--trainers NAME``): small
-subclasses of the package's trainers, one class attribute changed each. The chosen setting becomes the package
-default; the paper's setting stays in the package as ``<Trainer>_paper``. Results: benchmarks/RESULTS.md."""
+subclasses of the package's trainers, one class attribute changed each. The setting that does best on the fold's
+validation cases becomes the package default (the paper's stays as ``<Trainer>_paper``). Results:
+benchmarks/RESULTS.md."""
+from nnunet_ssl.trainers import nnUNetTrainerLeFeD, nnUNetTrainerMeanTeacher
 
-__all__ = []
+
+class nnUNetTrainerMeanTeacher_cons02(nnUNetTrainerMeanTeacher):
+    """SSL4MIS's balance: its supervision is 0.5 (CE + Dice) against 0.1 consistency, so 0.2 against nnU-Net's
+    CE + Dice."""
+    consistency_weight = 0.2
+
+
+class nnUNetTrainerLeFeD_cons05(nnUNetTrainerLeFeD):
+    """The released code's balance of consistency to supervision, about half of ours."""
+    consistency_weight = 0.5
+
+
+__all__ = ["nnUNetTrainerMeanTeacher_cons02", "nnUNetTrainerLeFeD_cons05"]

@@ -10,8 +10,8 @@ from torch import nn
 
 from e2e import output_folder, train_resume_predict
 from nnunet_ssl.networks.containers import TwoNetworks
-from nnunet_ssl.trainers.dmd import (dice_distillation, kl_distillation, nnUNetTrainerDMD, soft_dice_loss,
-                                     temperature_probabilities)
+from nnunet_ssl.trainers.dmd import (dice_distillation, kl_distillation, nnUNetTrainerDMD, nnUNetTrainerDMD_paper,
+                                     soft_dice_loss, temperature_probabilities)
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -106,6 +106,8 @@ def trainer_without_data(**attributes):
     trainer.loss = DeepSupervisionWrapper(
         DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                        dice_class=MemoryEfficientSoftDiceLoss), (2 / 3, 1 / 3))
+    # halfway through training: the default's sigmoid ramp-up is at exp(-5 (1 - 0.5)^2)
+    trainer.__dict__.update(current_epoch=1, step_in_epoch=0, num_epochs=2, num_iterations_per_epoch=10)
     return trainer
 
 
@@ -126,6 +128,18 @@ def test_distillation_reaches_both_networks(distillation, deep_supervision):
         assert (low_resolution_head.weight.grad is not None) == deep_supervision
 
 
+@pytest.mark.parametrize("variant, weight", [(nnUNetTrainerDMD, 4 * math.exp(-5 * 0.5 ** 2)),
+                                             (nnUNetTrainerDMD_paper, 4.0)])
+def test_distillation_weight_is_ramped_up_except_in_the_paper_variant(variant, weight):
+    trainer = trainer_without_data()
+    trainer.__class__ = type("DMD", (variant,), {})
+    data, unlabeled = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    seg = torch.randint(0, 3, (2, 1, 8, 8)).float()
+    total, terms = trainer.compute_loss(data, [seg, seg[:, :, ::2, ::2]], unlabeled, {})
+    assert total.item() == pytest.approx((terms["sup1"] + terms["sup2"] + weight * terms["distill"]).item(),
+                                         rel=1e-6)
+
+
 def test_compute_loss_supervises_each_network_and_distils_over_all_samples():
     trainer = trainer_without_data()
     data, unlabeled = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
@@ -133,7 +147,6 @@ def test_compute_loss_supervises_each_network_and_distils_over_all_samples():
     target = [seg, seg[:, :, ::2, ::2]]
     total, terms = trainer.compute_loss(data, target, unlabeled, {})
     assert set(terms) == {"sup1", "sup2", "distill"}
-    assert total.item() == pytest.approx((terms["sup1"] + terms["sup2"] + 4 * terms["distill"]).item(), rel=1e-6)
 
     with torch.no_grad():  # same networks, same inputs: the terms computed by hand
         out1, out2 = trainer.network(torch.cat((data, unlabeled)))

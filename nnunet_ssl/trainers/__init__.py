@@ -1,9 +1,9 @@
 """All nnunet-ssl trainers. nnU-Net finds every name in ``__all__`` by class name through ``nnunet_ssl/_ext``."""
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
 from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
-from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD
+from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
 from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT
+from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT, nnUNetTrainerUADCT_paper
 
 __all__ = sorted(name for name in dir() if name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSSLBase")
