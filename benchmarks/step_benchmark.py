@@ -306,7 +306,7 @@ def main(argv=None) -> None:
     print(table(rows))
     output = args.output or os.path.join(args.workdir, "step_benchmark.json")
     with open(output, "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump({"provenance": bc.provenance(), "rows": rows}, f, indent=1)
     print(f"wrote {output}")
 
 
