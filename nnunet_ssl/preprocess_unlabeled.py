@@ -47,13 +47,29 @@ def find_unlabeled_cases(images_folder: str, file_ending: str, num_channels: int
 
 
 def _preprocess_case(job) -> str:
-    output_truncated, files, plans_manager, configuration_manager, dataset_json = job
+    output_truncated, files, seg_file, plans_manager, configuration_manager, dataset_json = job
     try:
         configuration_manager.preprocessor_class(verbose=False).run_case_save(
-            output_truncated, files, None, plans_manager, configuration_manager, dataset_json)
+            output_truncated, files, seg_file, plans_manager, configuration_manager, dataset_json)
     except Exception as e:
         raise SSLConfigError(f"could not preprocess {', '.join(files)}: {type(e).__name__}: {e}") from None
     return output_truncated
+
+
+def map_with_progress(function, jobs: List[tuple], num_processes: int, description: str) -> list:
+    """``[function(job) for job in jobs]`` with a progress bar, in a spawn pool as nnU-Net runs its workers, or in
+    this process for ``num_processes`` 1."""
+    if num_processes <= 1:
+        return [function(job) for job in tqdm(jobs, desc=description)]
+    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+        return list(tqdm(pool.imap(function, jobs), total=len(jobs), desc=description))
+
+
+def preprocess_cases(jobs: List[tuple], num_processes: int, description: str) -> None:
+    """Run the configuration's preprocessor on each ``(output_truncated, image files, seg file or None,
+    plans_manager, configuration_manager, dataset_json)``. Without a seg file nnU-Net writes the image and, as
+    ``_seg.b2nd``, its nonzero mask (0 inside, -1 outside)."""
+    map_with_progress(_preprocess_case, jobs, num_processes, description)
 
 
 def preprocess_unlabeled(dataset: str, configuration: str, plans: str = "nnUNetPlans",
@@ -91,12 +107,9 @@ def preprocess_unlabeled(dataset: str, configuration: str, plans: str = "nnUNetP
                                                   configuration_manager.data_identifier))
     shutil.rmtree(output_folder, ignore_errors=True)
     os.makedirs(output_folder)
-    jobs = [(os.path.join(output_folder, case), files, plans_manager, configuration_manager, dataset_json)
+    jobs = [(os.path.join(output_folder, case), files, None, plans_manager, configuration_manager, dataset_json)
             for case, files in cases.items()]
-    with multiprocessing.get_context("spawn").Pool(max(1, min(num_processes, len(jobs)))) as pool:
-        for _ in tqdm(pool.imap_unordered(_preprocess_case, jobs), total=len(jobs),
-                      desc=f"Preprocessing unlabeled cases ({configuration})"):
-            pass
+    preprocess_cases(jobs, num_processes, f"Preprocessing unlabeled cases ({configuration})")
     return output_folder
 
 

@@ -3,7 +3,9 @@
 Each fold is nnU-Net's cross-validation fold (same seed, so ``val`` matches nnU-Net's default split) whose
 training cases are split into a random labeled subset (``train``) and the rest (``unlabeled``). Plain
 ``nnUNetTrainer`` on such a split is the labeled-only baseline; SSL trainers also use the unlabeled cases without
-reading their labels. Run it after ``nnUNetv2_plan_and_preprocess``.
+reading their labels. Run it after ``nnUNetv2_plan_and_preprocess``, or with ``--raw`` before planning: the split
+then goes into ``nnUNet_raw/<Dataset>/splits_final.json`` (case ids from imagesTr), where
+``nnunet_ssl_plan_and_preprocess`` finds it and plans without reading the unlabeled cases' labels.
 """
 import argparse
 import os
@@ -30,25 +32,30 @@ def main(argv=None) -> None:
                                                                 "nnU-Net's cross-validation seed)")
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5; 1 = one 80:20 fold)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different existing splits_final.json")
+    parser.add_argument("--raw", action="store_true", help="write into nnUNet_raw/<Dataset>/ before planning, for "
+                                                           "nnunet_ssl_plan_and_preprocess")
     args = parser.parse_args(argv)
     try:
         from batchgenerators.utilities.file_and_folder_operations import load_json
-        from nnunetv2.paths import nnUNet_preprocessed
+        from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-        if not nnUNet_preprocessed.is_set():
-            raise SSLConfigError("the environment variable nnUNet_preprocessed is not set")
+        variable, base = ("nnUNet_raw", nnUNet_raw) if args.raw else ("nnUNet_preprocessed", nnUNet_preprocessed)
+        if not base.is_set():
+            raise SSLConfigError(f"the environment variable {variable} is not set")
         try:
             dataset_name = maybe_convert_to_dataset_name(args.d)
         except RuntimeError as e:
             raise SSLConfigError(f"unknown dataset '{args.d}': {e}") from None
-        folder = os.path.join(nnUNet_preprocessed, dataset_name)
+        folder = os.path.join(base, dataset_name)
         if not os.path.isfile(os.path.join(folder, "dataset.json")):
-            raise SSLConfigError(f"unknown dataset '{args.d}': no {folder}/dataset.json. "
-                                 f"Run nnUNetv2_plan_and_preprocess -d {args.d} first.")
-        file_ending = load_json(os.path.join(folder, "dataset.json"))["file_ending"]
-        splits = make_ssl_splits(labeled_case_ids(folder, file_ending), args.num_labeled, args.fraction, args.seed,
-                                 args.folds)
+            raise SSLConfigError(f"unknown dataset '{args.d}': no {folder}/dataset.json" +
+                                 ("" if args.raw else f". Run nnUNetv2_plan_and_preprocess -d {args.d} first."))
+        dataset_json = load_json(os.path.join(folder, "dataset.json"))
+        case_ids = sorted(get_filenames_of_train_images_and_targets(folder, dataset_json)) if args.raw \
+            else labeled_case_ids(folder, dataset_json["file_ending"])
+        splits = make_ssl_splits(case_ids, args.num_labeled, args.fraction, args.seed, args.folds)
         path = os.path.join(folder, "splits_final.json")
         written = write_splits(path, splits, overwrite=args.overwrite)
         print(f"{'Wrote' if written else 'Unchanged:'} {path}")
