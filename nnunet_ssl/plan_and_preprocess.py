@@ -27,7 +27,7 @@ from typing import List, Optional, Set
 import numpy as np
 
 from nnunet_ssl.errors import SSLConfigError
-from nnunet_ssl.preprocess_unlabeled import map_with_progress, preprocess_cases
+from nnunet_ssl.preprocess_unlabeled import map_with_progress, preprocess_cases, resolve_dataset
 from nnunet_ssl.splits import read_splits
 
 #: nnU-Net 2.8.1 functions used here, with the parameters this module passes (checked by check_nnunet_functions)
@@ -205,17 +205,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
-        from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+        from nnunetv2.paths import nnUNet_raw
 
         check_nnunet_functions()
-        for var, value in (("nnUNet_raw", nnUNet_raw), ("nnUNet_preprocessed", nnUNet_preprocessed)):
-            if not value.is_set():
-                raise SSLConfigError(f"the environment variable {var} is not set")
-        try:
-            dataset_name = maybe_convert_to_dataset_name(args.d)
-        except RuntimeError as e:
-            raise SSLConfigError(f"unknown dataset '{args.d}': {e}") from None
+        dataset_name = resolve_dataset(args.d, "nnUNet_raw", "nnUNet_preprocessed")
         splits_file = os.path.join(nnUNet_raw, dataset_name, "splits_final.json")
         if not os.path.isfile(splits_file):
             raise SSLConfigError(f"no {splits_file}. Write the split before planning with nnunet_ssl_split -d {args.d} "

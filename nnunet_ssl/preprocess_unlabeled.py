@@ -21,6 +21,20 @@ from nnunet_ssl.errors import SSLConfigError
 UNLABELED_IMAGES = "imagesUnlabeled"
 
 
+def resolve_dataset(dataset: str, *variables: str) -> str:
+    """The dataset's name from its name or id, after checking that nnU-Net's path ``variables`` are set."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    for variable in variables:
+        if variable not in os.environ:
+            raise SSLConfigError(f"the environment variable {variable} is not set (see nnU-Net's "
+                                 f"set_environment_variables)")
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:
+        raise SSLConfigError(f"unknown dataset '{dataset}': {e}") from None
+
+
 def find_unlabeled_cases(images_folder: str, file_ending: str, num_channels: int) -> Dict[str, List[str]]:
     """Case id -> channel files, in channel order. Raises on any file that does not fit the dataset."""
     if not os.path.isdir(images_folder):
@@ -77,16 +91,9 @@ def preprocess_unlabeled(dataset: str, configuration: str, plans: str = "nnUNetP
     """Preprocess every scan of imagesUnlabeled; returns the output folder."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    for var, value in (("nnUNet_raw", nnUNet_raw), ("nnUNet_preprocessed", nnUNet_preprocessed)):
-        if not value.is_set():
-            raise SSLConfigError(f"the environment variable {var} is not set (see nnU-Net's set_environment_variables)")
-    try:
-        dataset_name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise SSLConfigError(f"unknown dataset '{dataset}': {e}") from None
+    dataset_name = resolve_dataset(dataset, "nnUNet_raw", "nnUNet_preprocessed")
     plans_file = os.path.join(nnUNet_preprocessed, dataset_name, plans + ".json")
     if not os.path.isfile(plans_file):
         raise SSLConfigError(f"no plans file {plans_file}. Run nnUNetv2_plan_and_preprocess -d {dataset} first "

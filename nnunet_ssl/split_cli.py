@@ -12,6 +12,7 @@ import os
 import sys
 
 from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.preprocess_unlabeled import resolve_dataset
 from nnunet_ssl.splits import make_ssl_splits, write_splits
 
 
@@ -37,18 +38,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         from batchgenerators.utilities.file_and_folder_operations import load_json
-        from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-        variable, base = ("nnUNet_raw", nnUNet_raw) if args.raw else ("nnUNet_preprocessed", nnUNet_preprocessed)
-        if not base.is_set():
-            raise SSLConfigError(f"the environment variable {variable} is not set")
-        try:
-            dataset_name = maybe_convert_to_dataset_name(args.d)
-        except RuntimeError as e:
-            raise SSLConfigError(f"unknown dataset '{args.d}': {e}") from None
-        folder = os.path.join(base, dataset_name)
+        variable = "nnUNet_raw" if args.raw else "nnUNet_preprocessed"
+        folder = os.path.join(os.environ.get(variable, ""), resolve_dataset(args.d, variable))
         if not os.path.isfile(os.path.join(folder, "dataset.json")):
             raise SSLConfigError(f"unknown dataset '{args.d}': no {folder}/dataset.json" +
                                  ("" if args.raw else f". Run nnUNetv2_plan_and_preprocess -d {args.d} first."))

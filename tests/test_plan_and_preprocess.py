@@ -1,5 +1,6 @@
 """nnunet_ssl_plan_and_preprocess: a benchmark split planned and preprocessed without opening the label files of
 its unlabeled cases, on a CT-like dataset (CT normalisation uses the fingerprint's foreground intensities)."""
+import functools
 import json
 import os
 import pickle
@@ -17,8 +18,18 @@ from nnunet_ssl.synthetic import make_dataset
 def ct_dataset(tmp_path, monkeypatch):
     """Dataset997, 6 CT-like cases, with a split written into the raw dataset before planning (2 labeled, 1 val,
     3 unlabeled); the unlabeled cases have 3x the intensities and their label files are deleted."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(var, str(tmp_path / var))
+    nnunet_init = DatasetFingerprintExtractor.__init__
+
+    @functools.wraps(nnunet_init)
+    def fewer_intensity_samples(self, *args, **kwargs):  # nnU-Net's 1e8 would take 33 M samples per labeled case
+        nnunet_init(self, *args, **kwargs)
+        self.num_foreground_voxels_for_intensitystats = 30000
+
+    monkeypatch.setattr(DatasetFingerprintExtractor, "__init__", fewer_intensity_samples)
     folder = make_dataset(str(tmp_path / "nnUNet_raw"), dataset_id=997, name="CTLike", num_labeled=6,
                           num_unlabeled=0, num_test=0, shape=(10, 14, 12))
     with open(os.path.join(folder, "dataset.json")) as f:
