@@ -3,8 +3,9 @@
 Images and labels share file names; each pair becomes imagesTr/<id>_0000.nii.gz and labelsTr/<id>.nii.gz. Files are
 read and rewritten with SimpleITK, so any single-channel format it reads works, and each label gets its image's
 geometry after a check that the two match. Label names come from ``--labels`` or default to label_1 .. label_K, K
-the largest value found in the labels. No split is written: after nnUNetv2_plan_and_preprocess, make the
-semi-supervised split with ``nnunet_ssl_split``.
+the largest value found in the labels. No split is written: make the semi-supervised split with
+``nnunet_ssl_split --raw`` and plan with ``nnunet_ssl_plan_and_preprocess`` (which never reads the unlabeled cases'
+labels), or split after nnUNetv2_plan_and_preprocess with ``nnunet_ssl_split``.
 """
 import argparse
 import sys
