@@ -31,6 +31,8 @@ class HeadInputDropout(nn.Module):
         self.dropout = _CHANNEL_DROPOUT[spatial_dims](p=rate)
         self.head_input = None
 
+    # an inductor-compiled forward (nnU-Net compiles on CUDA) left head_input unset, so this layer runs eagerly
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.head_input = x
         return self.dropout(x)
