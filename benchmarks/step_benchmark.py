@@ -55,14 +55,14 @@ DEFAULTS = {"cuda": dict(batch_size=[], warmup=5, steps=30),
             "cpu": dict(batch_size=["2d=8", "3d_fullres=1", "3d_lowres=1"], warmup=3, steps=8)}
 
 
-def build_trainer(trainer_name: str, configuration: str, batch_size, device):
+def build_trainer(trainer_name: str, configuration: str, batch_size, device, dataset: str = bc.DATASET_NAME):
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     import nnunet_ssl.trainers as trainers
 
     trainer_class = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(trainers, trainer_name)
-    folder = os.path.join(os.environ["nnUNet_preprocessed"], bc.DATASET_NAME)
+    folder = os.path.join(os.environ["nnUNet_preprocessed"], dataset)
     plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
     if batch_size is not None:
         plans["configurations"][configuration]["batch_size"] = batch_size
@@ -111,14 +111,16 @@ def steal_share(before, after):
     return delta[7] / sum(delta) if sum(delta) else None
 
 
-def measure_one(trainer_name: str, configuration: str, batch_size, device: str, warmup: int, steps: int) -> dict:
+def measure_one(trainer_name: str, configuration: str, batch_size, device: str, warmup: int, steps: int,
+                dataset: str = bc.DATASET_NAME) -> dict:
     """Time ``steps`` iterations after ``warmup`` ones; then count the work of one more. Runs in its own process."""
     import resource
 
     from torch.utils.flop_counter import FlopCounterMode
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+    from nnunet_ssl.networks.pretrained import unwrap
 
-    trainer = build_trainer(trainer_name, configuration, batch_size, device)
+    trainer = build_trainer(trainer_name, configuration, batch_size, device, dataset)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -141,14 +143,17 @@ def measure_one(trainer_name: str, configuration: str, batch_size, device: str, 
     peak_mb = (torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     batch = next(trainer.dataloader_train)
+    timed_network, trainer.network = trainer.network, unwrap(trainer.network)  # the counter sees no compiled op
     counter = EncoderPassCounter(trainer.network)
     with FlopCounterMode(display=False) as flops:
         trainer.train_step(batch)
     counter.remove()
+    trainer.network = timed_network
     for loader in (trainer.dataloader_train, trainer.dataloader_val):
         if hasattr(loader, "_finish"):
             loader._finish()
     return {"trainer": trainer_name, "configuration": configuration, "batch_size": trainer.batch_size,
+            "compiled": timed_network is not trainer.network,
             "unlabeled_batch_size": getattr(trainer, "batch_size_unlabeled", None),
             "patch_size": list(trainer.configuration_manager.patch_size), "n_proc_DA": get_allowed_n_proc_DA(),
             "device": device, "steps": steps, "warmup": warmup,
@@ -231,7 +236,7 @@ def measure(trainer: str, configuration: str, args, env: dict, batch_size: str =
           f"steps ...", flush=True)
     command = [sys.executable, os.path.abspath(__file__), "--one", trainer, configuration,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-               "--workdir", args.workdir, "--configurations", configuration]
+               "--workdir", args.workdir, "--configurations", configuration, "--dataset", args.dataset]
     batch_sizes = [batch_size] if batch_size else args.batch_size
     if batch_sizes:
         command += ["--batch-size", *batch_sizes]
@@ -256,6 +261,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: see DEFAULTS)")
     parser.add_argument("--device", default=None, help="cuda if available, else cpu")
     parser.add_argument("--workdir", default=bc.DEFAULT_WORKDIR)
+    parser.add_argument("--dataset", default=bc.DATASET_NAME,
+                        help="a preprocessed dataset in the environment's nnUNet_preprocessed (default: MSD "
+                             "Hippocampus, prepared in --workdir); others are used as they are")
     parser.add_argument("--output", help="results JSON (default <workdir>/step_benchmark.json)")
     parser.add_argument("--profile", nargs=2, metavar=("TRAINER", "CONFIGURATION"),
                         help="instead of the benchmark: torch.profiler table of one trainer's steps")
@@ -272,8 +280,11 @@ def main(argv=None) -> None:
     except ValueError:
         parser.error(f"--batch-size takes CONFIG=N items (e.g. 2d=8), got {' '.join(args.batch_size)}")
 
-    env = bc.prepare_hippocampus(args.workdir, args.configurations)
-    bc.use_env(env)
+    hippocampus = args.dataset == bc.DATASET_NAME
+    env = dict(os.environ)
+    if hippocampus:
+        env = bc.prepare_hippocampus(args.workdir, args.configurations)
+        bc.use_env(env)
     if args.profile:
         trainer, configuration = args.profile
         print(profile_one(trainer, configuration, batch_sizes.get(configuration), args.device, args.warmup,
@@ -282,11 +293,12 @@ def main(argv=None) -> None:
     if args.one:
         trainer, configuration = args.one
         result = measure_one(trainer, configuration, batch_sizes.get(configuration), args.device, args.warmup,
-                             args.steps)
+                             args.steps, args.dataset)
         print("RESULT " + json.dumps(result), flush=True)
         os._exit(0)  # do not wait for data-loader workers to wind down
 
-    bc.write_splits(env, args.workdir, fraction=0.05)
+    if hippocampus:
+        bc.write_splits(env, args.workdir, fraction=0.05)
     trainers = args.trainers or bc.trainer_names()
     if "nnUNetTrainer" not in trainers:
         trainers = ["nnUNetTrainer"] + trainers
