@@ -1,5 +1,6 @@
-"""One GPU check that fits a short lease (about 8 minutes on one GPU): every trainer through nnU-Net's own commands
-with nnU-Net's mixed precision and torch.compile on, then the step benchmark at the plans' batch sizes.
+"""One GPU check sized for a short lease (about 8 minutes of one GPU; not yet run on one): every trainer through
+nnU-Net's own commands with nnU-Net's mixed precision and torch.compile on, then the step benchmark at the plans'
+batch sizes.
 
     python benchmarks/gpu_check.py                 # on a machine with CUDA; results in $OUT or benchmarks/work/gpu_check
     python benchmarks/gpu_check.py --dry-run       # on a CPU: every step but the CUDA ones, tiny settings (CI runs it)
