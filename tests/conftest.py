@@ -22,6 +22,8 @@ TINY_TRAINERS = textwrap.dedent('''
 
     import torch
 
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     import nnunet_ssl.trainers as trainers
 
 
@@ -47,8 +49,9 @@ TINY_TRAINERS = textwrap.dedent('''
         return rotation, dummy_2d, initial_patch_size, None
 
 
-    for _name in trainers.__all__:
-        globals()[_name + "_tiny"] = type(_name + "_tiny", (getattr(trainers, _name),), {
+    # nnUNetTrainer_tiny: the supervised teacher of self-training
+    for _name, _trainer in [*((n, getattr(trainers, n)) for n in trainers.__all__), ("nnUNetTrainer", nnUNetTrainer)]:
+        globals()[_name + "_tiny"] = type(_name + "_tiny", (_trainer,), {
             "__init__": _short_init,
             "configure_rotation_dummyDA_mirroring_and_inital_patch_size": _no_mirroring,
             "on_epoch_end": _crash_on_request,

@@ -4,6 +4,7 @@ from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
 from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_ssl.trainers.pseudo_label import nnUNetTrainerPseudoLabel
 from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT, nnUNetTrainerUADCT_paper
 
 __all__ = sorted(name for name in dir() if name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSSLBase")

@@ -12,7 +12,7 @@
 All SSL state lives inside ``self.network`` (second network, teacher, extra decoder), so nnU-Net's own
 checkpoints hold it and ``--c`` restores it with nnU-Net's code.
 """
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -152,23 +152,40 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
             is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
             ignore_label=None)
 
-    def get_dataloaders(self):
-        """nnU-Net's loaders, with the labeled training loader wrapped in a composite labeled+unlabeled one."""
+    def get_labeled_training_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
+        """nnU-Net's training augmentation of the labeled stream, from the trainer's settings."""
+        return self.get_training_transforms(
+            patch_size, rotation_for_DA, self._get_deep_supervision_scales(), mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+
+    def mask_for_norm_channels(self) -> List[int]:
+        """The channels normalised within the nonzero mask (``use_mask_for_norm`` in the plans)."""
+        return [c for c, masked in enumerate(self.configuration_manager.use_mask_for_norm) if masked]
+
+    def get_unlabeled_dataloader(self, unlabeled, initial_patch_size, patch_size, rotation_for_DA, mirror_axes,
+                                 do_dummy_2d_data_aug):
+        """The loader of the second stream (``batch['unlabeled']``): random unlabeled patches, images only."""
+        return UnlabeledDataLoader(unlabeled, self.batch_size_unlabeled, initial_patch_size, patch_size,
+                                   self.label_manager, self.get_unlabeled_transforms(
+                                       patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug),
+                                   self.mask_for_norm_channels())
+
+    def build_dataloaders(self):
+        """nnU-Net's loaders, the labeled training loader wrapped in a composite labeled+unlabeled one."""
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch_size = self.configuration_manager.patch_size
-        ds_scales = self._get_deep_supervision_scales()
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         regions = self.label_manager.foreground_regions if self.label_manager.has_regions else None
-        tr_transforms = self.get_training_transforms(
-            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+        tr_transforms = self.get_labeled_training_transforms(patch_size, rotation, mirror_axes, dummy_2d)
+        val_transforms = self.get_validation_transforms(
+            self._get_deep_supervision_scales(), is_cascaded=self.is_cascaded,
             foreground_labels=self.label_manager.foreground_labels, regions=regions,
             ignore_label=self.label_manager.ignore_label)
-        val_transforms = self.get_validation_transforms(
-            ds_scales, is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
-            regions=regions, ignore_label=self.label_manager.ignore_label)
 
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         unlabeled = self.get_unlabeled_dataset(list(dataset_tr.identifiers) + list(dataset_val.identifiers))
@@ -177,13 +194,14 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         dl_tr = CompositeDataLoader(
             nnUNetDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, transforms=tr_transforms,
                              **common),
-            UnlabeledDataLoader(unlabeled, self.batch_size_unlabeled, initial_patch_size, patch_size,
-                                self.label_manager,
-                                self.get_unlabeled_transforms(patch_size, rotation, mirror_axes, dummy_2d),
-                                [c for c, masked in enumerate(self.configuration_manager.use_mask_for_norm) if masked]))
+            self.get_unlabeled_dataloader(unlabeled, initial_patch_size, patch_size, rotation, mirror_axes, dummy_2d))
         dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, transforms=val_transforms,
                                   **common)
+        return dl_tr, dl_val
 
+    def get_dataloaders(self):
+        """:meth:`build_dataloaders` in nnU-Net's worker pools."""
+        dl_tr, dl_val = self.build_dataloaders()
         n_proc = get_allowed_n_proc_DA()
         if n_proc == 0:
             mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)

@@ -1,0 +1,323 @@
+"""Self-training: ``nnunet_ssl_pseudolabel`` and ``nnUNetTrainerPseudoLabel``.
+
+The end-to-end tests run the user's path (README, "Self-training") on a split whose unlabeled cases have their label
+files deleted: nnUNetv2_train of the teacher, nnunet_ssl_pseudolabel, nnUNetv2_train of the student, a second
+round with the student as teacher (2d), nnUNetv2_predict and nnunet_ssl_evaluate.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import bin_path, clone_dataset, make_trainer, run_cli
+from e2e import output_folder, train
+
+from nnunet_ssl.data.pseudo_labels import (CONFIDENCE_SCALE, ConfidenceToIgnore, PseudoLabeledCases, cases_done,
+                                           confidence, pseudo_label_folder, read_manifest)
+from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.evaluation.metrics import main as evaluate_main
+from nnunet_ssl.pseudolabel import main as pseudolabel_main, unlabeled_cases_of_fold
+from nnunet_ssl.splits import make_ssl_splits, write_splits
+from nnunet_ssl.trainers import nnUNetTrainerPseudoLabel
+from nnunet_ssl.trainers.pseudo_label import pseudo_patches_per_batch
+
+DATASET_ID = 996
+ROUND2 = "nnUNetTrainerPseudoLabelRound2_tiny"
+ROUND2_FILE = '''
+from nnunet_ssl.trainers import nnUNetTrainerPseudoLabel
+from ssl_test_trainers import _no_mirroring, _short_init
+
+
+class nnUNetTrainerPseudoLabelRound2(nnUNetTrainerPseudoLabel):
+    """The second round's student (README): its own name, so its model folder is not the teacher's."""
+
+
+nnUNetTrainerPseudoLabelRound2_tiny = type("nnUNetTrainerPseudoLabelRound2_tiny", (nnUNetTrainerPseudoLabelRound2,), {
+    "__init__": _short_init, "configure_rotation_dummyDA_mirroring_and_inital_patch_size": _no_mirroring})
+'''
+
+
+# ---- nnU-Net internals (nnunet_ssl/nnunet_internals.py) ------------------------------------------------------
+def test_nnunet_internals_loss_ignores_the_added_ignore_label(ssl_env, monkeypatch):
+    """The trainer's loss is nnU-Net's Dice+CE built with the added ignore label (labels 0-2, ignore 3): voxels
+    carrying it get no gradient and do not change the loss."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerPseudoLabel, "2d")
+    assert trainer.label_manager.ignore_label == 3 and trainer.label_manager.num_segmentation_heads == 3
+    trainer.initialize()
+    loss = trainer.loss.loss  # inside nnU-Net's DeepSupervisionWrapper
+    assert isinstance(loss, DC_and_CE_loss) and loss.ignore_label == 3
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    ignored = torch.rand(2, 1, 8, 8) < 0.3
+    target[ignored] = 3
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    loss(logits, target).backward()
+    assert logits.grad.abs().sum() > 0
+    assert logits.grad.permute(1, 0, 2, 3)[:, ignored[:, 0]].abs().max() == 0
+    changed = logits.detach().clone()
+    changed.permute(1, 0, 2, 3)[:, ignored[:, 0]] = 50.0
+    assert torch.isclose(loss(changed, target), loss(logits.detach(), target))
+
+
+def test_nnunet_internals_loader_sampling_with_ignore_label(ssl_env, monkeypatch):
+    """nnU-Net's loader with an ignore label needs the 'annotated' class locations, which datasets preprocessed
+    without an ignore label lack; sample_without_ignore restores plain random patches. Foreground locations are
+    voxels of their class."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    from nnunet_ssl.data.unlabeled import UnlabeledImages
+    from nnunet_ssl.nnunet_internals import foreground_locations, sample_without_ignore
+
+    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerPseudoLabel, "2d")
+    loader = nnUNetDataLoader(UnlabeledImages({}), 2, (8, 8, 8), (8, 8, 8), trainer.label_manager)
+    assert loader.has_ignore
+    with pytest.raises(KeyError):
+        loader.get_bbox((20, 20, 20), False, {1: [], 2: []})
+    sample_without_ignore(loader)
+    low, high = loader.get_bbox((20, 20, 20), False, {1: [], 2: []})
+    assert [h - l for l, h in zip(low, high)] == [8, 8, 8]
+
+    seg = np.zeros((1, 4, 5, 6), dtype=np.int8)
+    seg[0, 1, 2, 3] = 1
+    seg[0, 2:4, 0, 0] = 2
+    locations = foreground_locations(seg, trainer.label_manager)
+    assert [tuple(v) for v in locations[1]] == [(0, 1, 2, 3)]
+    assert sorted(tuple(v) for v in locations[2]) == [(0, 2, 0, 0), (0, 3, 0, 0)]
+
+
+# ---- storage and transforms ----------------------------------------------------------------------------------
+def test_confidence_by_hand():
+    probabilities = torch.tensor([[0.7, 0.1], [0.2, 0.3], [0.1, 0.6]])  # (classes, voxels)
+    assert torch.allclose(confidence(probabilities, False), torch.tensor([0.7, 0.6]))
+    sigmoids = torch.tensor([[0.9, 0.4], [0.2, 0.5]])  # (regions, voxels): min over regions of max(p, 1 - p)
+    assert torch.allclose(confidence(sigmoids, True), torch.tensor([0.8, 0.5]))
+
+
+def test_confidence_to_ignore_by_hand():
+    label = torch.tensor([[[0, 1, 2, -1]]], dtype=torch.int16)
+    conf = torch.tensor([[[0.95, 0.5, 0.9, -1 / CONFIDENCE_SCALE]]]) * CONFIDENCE_SCALE
+    image = torch.zeros(1, 1, 4)
+    out = ConfidenceToIgnore(0.9, 7)(image=image, segmentation=torch.cat((label, conf.to(torch.int16))))
+    assert out["image"] is image
+    assert out["segmentation"].tolist() == [[[0, 7, 2, -1]]]  # 0.9 is kept, padding stays -1
+    assert ConfidenceToIgnore(0.0, 7)(segmentation=torch.cat((label, conf.to(torch.int16))))["segmentation"] \
+        .tolist() == [[[0, 1, 2, -1]]]
+
+
+def test_pseudo_patches_per_batch():
+    assert [pseudo_patches_per_batch(b, s) for b, s in ((2, 0.5), (2, 0.1), (2, 0.9), (4, 0.25), (5, 0.5))] == \
+        [1, 1, 1, 1, 2]
+    for batch, share in ((1, 0.5), (4, 0.0), (4, 1.0)):
+        with pytest.raises(SSLConfigError):
+            pseudo_patches_per_batch(batch, share)
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def st_env(ssl_env, tmp_path_factory):
+    """Dataset996: Dataset990 with its imagesUnlabeled scans and a one-fold split of 2 labeled, 3 unlabeled and
+    1 validation case, the unlabeled cases' label files deleted (raw, gt_segmentations, preprocessed)."""
+    name = clone_dataset(ssl_env, DATASET_ID, "SelfTraining")
+    source = os.path.join(ssl_env["nnUNet_preprocessed"], "Dataset990_SSLDemo")
+    target = os.path.join(ssl_env["nnUNet_preprocessed"], name)
+    for configuration in ("2d", "3d_fullres"):
+        shutil.copytree(os.path.join(source, f"nnUNetPlans_{configuration}_unlabeled"),
+                        os.path.join(target, f"nnUNetPlans_{configuration}_unlabeled"))
+    cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(target, "gt_segmentations")))
+    split = make_ssl_splits(cases, num_labeled=2, folds=1)
+    write_splits(os.path.join(target, "splits_final.json"), split)
+    for case in split[0]["unlabeled"]:
+        for path in (os.path.join(target, "nnUNetPlans_2d", case + "_seg.b2nd"),
+                     os.path.join(target, "nnUNetPlans_3d_fullres", case + "_seg.b2nd"),
+                     os.path.join(target, "gt_segmentations", case + ".nii.gz"),
+                     os.path.join(ssl_env["nnUNet_raw"], name, "labelsTr", case + ".nii.gz")):
+            os.remove(path)
+    ext = tmp_path_factory.mktemp("round2_ext")
+    (ext / "round2_trainers.py").write_text(ROUND2_FILE)
+    env = dict(ssl_env, nnUNet_extTrainer=f"{ssl_env['nnUNet_extTrainer']}{os.pathsep}{ext}",
+               PYTHONPATH=os.pathsep.join(p for p in (ssl_env["nnUNet_extTrainer"], os.environ.get("PYTHONPATH"))
+                                          if p))
+    return dict(env=env, name=name, folder=target, split=split[0])
+
+
+def pseudolabel(st_env, monkeypatch, *args):
+    """``nnunet_ssl_pseudolabel`` in this process (its command line and all)."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(var, st_env["env"][var])
+    pseudolabel_main(["-d", str(DATASET_ID), "-device", "cpu", "--disable_tta", "--disable_progress_bar", *args])
+
+
+@pytest.fixture(scope="module")
+def teachers(st_env):
+    """Round one's teacher, nnUNetTrainer_tiny on the labeled cases, trained and run by nnunet_ssl_pseudolabel for
+    2d and 3d_fullres."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for configuration in ("2d", "3d_fullres"):
+            train(st_env["env"], "nnUNetTrainer_tiny", configuration, 1, dataset_id=DATASET_ID)
+            pseudolabel(st_env, monkeypatch, "-c", configuration, "-f", "0", "-tr", "nnUNetTrainer_tiny")
+    return st_env
+
+
+def check_pseudo_labels(st_env, configuration, teacher):
+    folder = pseudo_label_folder(st_env["folder"], "nnUNetPlans", configuration, 0)
+    manifest = read_manifest(folder)
+    assert manifest["teacher"]["trainer"] == teacher and manifest["teacher"]["folds"] == [0]
+    assert manifest["split"] == {"train": st_env["split"]["train"], "val": st_env["split"]["val"]}
+    unlabeled_scans = [f"unl_{i:03d}" for i in range(4)]
+    assert cases_done(folder) == sorted(st_env["split"]["unlabeled"] + unlabeled_scans)
+    images = {c: os.path.join(st_env["folder"], f"nnUNetPlans_{configuration}") for c in st_env["split"]["unlabeled"]}
+    images.update({c: os.path.join(st_env["folder"], f"nnUNetPlans_{configuration}_unlabeled")
+                   for c in unlabeled_scans})
+    for case in cases_done(folder):
+        image, pair, _, properties = PseudoLabeledCases(images, folder).load_case(case)
+        pair = np.asarray(pair[:])
+        assert pair.shape == (2, *image.shape[1:])
+        assert set(np.unique(pair[0])) <= {0, 1, 2}
+        assert pair[1].min() >= CONFIDENCE_SCALE / 3 - 1 and pair[1].max() <= CONFIDENCE_SCALE  # a max of 3 classes
+        for label, voxels in properties["class_locations"].items():
+            assert all(pair[0][tuple(v[1:])] == label for v in voxels[:50])
+    return folder
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_self_training_rounds_end_to_end(teachers, monkeypatch, configuration, tmp_path):
+    st_env = teachers
+    env = st_env["env"]
+    check_pseudo_labels(st_env, configuration, "nnUNetTrainer_tiny")
+
+    student = train(env, "nnUNetTrainerPseudoLabel_tiny", configuration, 1, dataset_id=DATASET_ID)
+    assert "by teacher nnUNetTrainer_tiny" in student.stdout
+    assert "3 from splits_final.json, 4 from the imagesUnlabeled folder" in student.stdout
+    final = output_folder(env, "nnUNetTrainerPseudoLabel_tiny", configuration, DATASET_ID)
+    assert os.path.isfile(os.path.join(final, "validation", "summary.json"))
+    last = "nnUNetTrainerPseudoLabel_tiny"
+    if configuration == "2d":  # round 2: the student teaches the next student
+        pseudolabel(st_env, monkeypatch, "-c", configuration, "-f", "0", "-tr", last, "--overwrite")
+        check_pseudo_labels(st_env, configuration, last)
+        with pytest.raises(SSLConfigError, match="the teacher is this very trainer"):
+            make_trainer(env, monkeypatch, type(last, (nnUNetTrainerPseudoLabel,), {}), configuration,
+                         dataset=st_env["name"]).read_pseudo_label_manifest()
+        assert "by teacher nnUNetTrainerPseudoLabel_tiny" in train(env, ROUND2, configuration, 1,
+                                                                   dataset_id=DATASET_ID).stdout
+        last = ROUND2
+
+    if configuration == "2d":  # prediction is nnU-Net's plain U-Net path, the same for both configurations
+        predictions = tmp_path / "pred"
+        raw = os.path.join(env["nnUNet_raw"], st_env["name"])
+        run_cli([bin_path("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", str(predictions), "-d",
+                 str(DATASET_ID), "-c", configuration, "-f", "0", "-tr", last, "-device", "cpu", "-npp", "1", "-nps",
+                 "1", "--disable_progress_bar", "--disable_tta"], env)
+        assert evaluate_main([str(predictions), os.path.join(raw, "labelsTs"), "-o",
+                              str(predictions / "scores.json"), "-np", "1"]) == 0
+        assert len(json.loads((predictions / "scores.json").read_text())["metric_per_case"]) == 2
+
+
+# ---- bad input (on the teachers' models and pseudo-labels) -------------------------------------------------
+def run_pseudolabel_error(st_env, monkeypatch, *args) -> str:
+    with pytest.raises(SystemExit) as stop:
+        pseudolabel(st_env, monkeypatch, "-c", "2d", *args)
+    assert stop.value.code != 0
+    return str(stop.value.code)
+
+
+def test_pseudolabel_missing_model_fold_or_checkpoint(teachers, monkeypatch):
+    st_env = teachers
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainerDMD")
+    assert "no trained model in" in message and "nnUNetTrainerDMD__nnUNetPlans__2d" in message
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "3", "-tr", "nnUNetTrainer_tiny")
+    assert os.path.join("fold_3", "checkpoint_final.pth") in message
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainer_tiny",
+                                    "-chk", "checkpoint_nope.pth")
+    assert os.path.join("fold_0", "checkpoint_nope.pth") in message
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainer_tiny",
+                                    "-p", "nnUNetPlansX")
+    assert "nnUNetPlansX.json" in message
+
+
+def test_pseudolabel_model_of_another_dataset_or_plans(teachers, monkeypatch):
+    st_env = teachers
+    teacher = output_folder(st_env["env"], "nnUNetTrainer_tiny", "2d", DATASET_ID)
+    copy = os.path.join(os.path.dirname(os.path.dirname(teacher)), "nnUNetTrainerCopy__nnUNetPlans__2d")
+    shutil.copytree(os.path.dirname(teacher), copy)
+    plans_file = os.path.join(copy, "plans.json")
+    plans = json.loads(open(plans_file).read())
+    for edit, expected in ((lambda p: p.update(dataset_name="Dataset990_SSLDemo"), "is for dataset Dataset990"),
+                           (lambda p: p["configurations"]["2d"].update(spacing=[2.0, 2.0]),
+                            "trained with another '2d' preprocessing"),
+                           (lambda p: p["configurations"]["2d"].update(batch_size=7), None)):
+        edited = json.loads(json.dumps(plans))
+        edit(edited)
+        with open(plans_file, "w") as f:
+            json.dump(edited, f)
+        if expected is None:  # a trainer variant's batch size does not matter: the copy's outputs are made
+            pseudolabel(st_env, monkeypatch, "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerCopy", "-student_fold", "all")
+            assert len(cases_done(pseudo_label_folder(st_env["folder"], "nnUNetPlans", "2d", "all"))) == 4
+            continue
+        message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainerCopy")
+        assert expected in message and plans_file in message
+
+
+def test_pseudolabel_overlapping_split(tmp_path):
+    (tmp_path / "images").mkdir()
+    for case in ("a", "b", "c"):
+        (tmp_path / "images" / f"{case}.b2nd").touch()
+    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["c"], "unlabeled": ["b"]}]))
+    with pytest.raises(SSLConfigError, match="splits_final.json, fold 0: 1 unlabeled case.*also in 'train'"):
+        unlabeled_cases_of_fold(str(tmp_path), str(tmp_path / "images"), 0)
+
+
+def test_student_refuses_pseudo_labels_of_other_plans_or_missing_cases(teachers, monkeypatch, capsys):
+    st_env = teachers
+    env = st_env["env"]
+    other_plans = make_trainer(env, monkeypatch, nnUNetTrainerPseudoLabel, "2d", dataset=st_env["name"],
+                               plans_edit=lambda p: p.update(plans_name="nnUNetPlansOther"))
+    with pytest.raises(SSLConfigError, match="nnUNetPlans__2d.fold_0.* were made with other plans") as error:
+        other_plans.read_pseudo_label_manifest()
+    assert "nnunet_ssl_pseudolabel -d Dataset996_SelfTraining -c 2d -f 0 -tr TEACHER -p nnUNetPlansOther" \
+        in str(error.value)
+    shutil.copytree(pseudo_label_folder(st_env["folder"], "nnUNetPlans", "2d", 0),
+                    pseudo_label_folder(st_env["folder"], "nnUNetPlansOther", "2d", 0))
+    with pytest.raises(SSLConfigError, match="made with plans 'nnUNetPlans', this training uses 'nnUNetPlansOther'"):
+        other_plans.read_pseudo_label_manifest()
+
+    folder = pseudo_label_folder(st_env["folder"], "nnUNetPlans", "3d_fullres", 0)
+    removed = st_env["split"]["unlabeled"][0]
+    os.remove(os.path.join(folder, removed + ".pkl"))
+    student = make_trainer(env, monkeypatch, nnUNetTrainerPseudoLabel, "3d_fullres", dataset=st_env["name"])
+    with pytest.raises(SSLConfigError, match=f"1 of 7 unlabeled cases have no pseudo-label .*\\({removed}\\)"):
+        student.get_unlabeled_dataset(st_env["split"]["train"] + st_env["split"]["val"])
+    pseudolabel(st_env, monkeypatch, "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_tiny")  # resumes
+    assert "7 unlabeled cases, 6 already pseudo-labeled" in capsys.readouterr().out
+    assert removed in cases_done(folder)
+
+
+def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
+    """3 of 4 patches pseudo-labeled; with a threshold above every confidence all pseudo-label voxels inside the
+    image are ignored, and only labeled cases feed the labeled stream."""
+    class Student(nnUNetTrainerPseudoLabel):
+        pseudo_label_share = 0.75
+        confidence_threshold = 1.01
+        student_augmentation = None
+
+    def batch_of_four(plans):
+        plans["configurations"]["2d"]["batch_size"] = 4
+
+    st_env = teachers
+    trainer = make_trainer(st_env["env"], monkeypatch, Student, "2d", dataset=st_env["name"], plans_edit=batch_of_four)
+    trainer.initialize()
+    assert (trainer.batch_size, trainer.batch_size_unlabeled) == (1, 3)
+    dl_tr, _ = trainer.build_dataloaders()
+    batch = dl_tr.generate_train_batch()
+    assert set(batch["keys"]) <= set(st_env["split"]["train"])
+    assert len(batch["unlabeled"]["keys"]) == 3 and len(batch["unlabeled"]["target"]) == len(batch["target"])
+    assert batch["unlabeled"]["target"][0].shape[0] == 3
+    assert set(batch["unlabeled"]["target"][0].unique().tolist()) <= {0, 3}
+    assert (batch["unlabeled"]["target"][0] == 3).float().mean() > 0.5
+    loss, terms = trainer.compute_loss(batch["data"], batch["target"], batch["unlabeled"]["data"], batch)
+    assert torch.isfinite(loss) and terms["pseudo_ignored"] > 0.5
