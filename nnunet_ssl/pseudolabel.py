@@ -14,6 +14,7 @@ import datetime
 import os
 import shutil
 import sys
+import time
 from typing import List, Optional, Sequence
 
 from nnunet_ssl.data.pseudo_labels import (MANIFEST, cases_done, pseudo_label_folder, read_manifest,
@@ -135,17 +136,64 @@ def prepare_output(folder: str, manifest: dict, overwrite: bool) -> None:
     if os.path.isfile(os.path.join(folder, MANIFEST)):
         old = read_manifest(folder)
         if old.get("teacher") != manifest["teacher"] or old.get("split") != manifest["split"]:
+            teacher = old.get("teacher", {})
             raise SSLConfigError(f"{os.path.join(folder, MANIFEST)} names another teacher or split "
-                                 f"({old.get('teacher', {}).get('trainer')}, folds {old.get('teacher', {}).get('folds')}"
-                                 f"). Pass --overwrite to replace its pseudo-labels.")
+                                 f"({teacher.get('trainer')}, folds {teacher.get('folds')}). Pass --overwrite to "
+                                 f"replace its pseudo-labels.")
         manifest["created"] = old.get("created", manifest["created"])
     os.makedirs(folder, exist_ok=True)
     write_manifest(folder, manifest)
 
 
+def export_pseudo_label(case: str, logits, label_manager, patch_size, folder: str) -> None:
+    """Teacher logits -> pseudo-label, confidence and class locations on disk (in an export worker)."""
+    from nnunet_ssl.data.pseudo_labels import confidence, save_pseudo_label
+    from nnunet_ssl.nnunet_internals import foreground_locations
+
+    probabilities = label_manager.apply_inference_nonlin(logits)
+    segmentation = label_manager.convert_probabilities_to_segmentation(probabilities).numpy()
+    save_pseudo_label(folder, case, segmentation, confidence(probabilities, label_manager.has_regions).numpy(),
+                      foreground_locations(segmentation[None], label_manager), patch_size)
+
+
+class ExportWorkers:
+    """Exports in ``n`` worker processes while the next case is predicted, as nnUNetv2_predict's ``-nps``
+    (at most 2n cases wait, bounding memory); ``n = 0`` exports in this process."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = None
+        self.pending = []
+
+    def __enter__(self):
+        if self.n > 0:
+            import multiprocessing
+            self.pool = multiprocessing.get_context("spawn").Pool(self.n)
+        return self
+
+    def submit(self, *job) -> None:
+        if self.pool is None:
+            export_pseudo_label(*job)
+            return
+        while sum(not r.ready() for r in self.pending) >= 2 * self.n:
+            time.sleep(0.05)
+        self.pending.append(self.pool.apply_async(export_pseudo_label, job))
+
+    def __exit__(self, *exc):
+        try:
+            if exc[0] is None:
+                for result in self.pending:
+                    result.get()  # re-raises a worker's error
+        finally:
+            if self.pool is not None:
+                self.pool.terminate() if exc[0] is not None else self.pool.close()
+                self.pool.join()
+
+
 def make_pseudo_labels(dataset: str, configuration: str, folds: Sequence, trainer: str, plans: str = "nnUNetPlans",
                        checkpoint: str = "checkpoint_final.pth", device: str = "cuda", overwrite: bool = False,
-                       use_mirroring: bool = True, student_fold=None, progress: bool = True) -> str:
+                       use_mirroring: bool = True, student_fold=None, progress: bool = True,
+                       num_export_processes: int = 3) -> str:
     """Predict every unlabeled case of the student's fold that has no pseudo-label yet; returns the folder."""
     import blosc2
     import numpy as np
@@ -153,9 +201,6 @@ def make_pseudo_labels(dataset: str, configuration: str, folds: Sequence, traine
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from tqdm import tqdm
-
-    from nnunet_ssl.data.pseudo_labels import confidence, save_pseudo_label
-    from nnunet_ssl.nnunet_internals import foreground_locations
 
     dataset_name, base, plans_dict = dataset_folders(dataset, plans, configuration)
     folds = [f if f == "all" else int(f) for f in folds]
@@ -188,15 +233,12 @@ def make_pseudo_labels(dataset: str, configuration: str, folds: Sequence, traine
         predictor = nnUNetPredictor(use_mirroring=use_mirroring, device=torch_device, allow_tqdm=False,
                                     perform_everything_on_device=torch_device.type == "cuda")
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint)
-        label_manager = predictor.label_manager
-        patch_size = predictor.configuration_manager.patch_size
-        for case in tqdm(todo, desc="Pseudo-labelling", disable=not progress):
-            image = blosc2.open(urlpath=os.path.join(cases[case], case + ".b2nd"), mode="r")[:]
-            logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(image)))
-            probabilities = label_manager.apply_inference_nonlin(logits)
-            segmentation = label_manager.convert_probabilities_to_segmentation(probabilities).numpy()
-            save_pseudo_label(folder, case, segmentation, confidence(probabilities, label_manager.has_regions).numpy(),
-                              foreground_locations(segmentation[None], label_manager), patch_size)
+        export = (predictor.label_manager, predictor.configuration_manager.patch_size, folder)
+        with ExportWorkers(num_export_processes) as workers:
+            for case in tqdm(todo, desc="Pseudo-labelling", disable=not progress):
+                image = blosc2.open(urlpath=os.path.join(cases[case], case + ".b2nd"), mode="r")[:]
+                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(image)))
+                workers.submit(case, logits, *export)
     manifest["completed"] = datetime.datetime.now().isoformat(timespec="seconds")
     write_manifest(folder, manifest)
     print(f"Pseudo-labels of {len(cases)} cases in {folder}\nTrain the student with: nnUNetv2_train {dataset} "
@@ -211,11 +253,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("-f", required=True, nargs="+", help="teacher fold(s); several are ensembled (mean logits)")
     parser.add_argument("-tr", required=True, help="trainer of the teacher, e.g. nnUNetTrainer")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    parser.add_argument("-chk", default="checkpoint_final.pth", help="teacher checkpoint (default: checkpoint_final.pth)")
+    parser.add_argument("-chk", default="checkpoint_final.pth",
+                        help="teacher checkpoint (default: checkpoint_final.pth)")
     parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="default: cuda")
     parser.add_argument("-student_fold", default=None,
                         help="fold the student trains (its split's unlabeled cases are predicted); default: the "
                              "teacher's fold, required with several")
+    parser.add_argument("-nps", type=int, default=3,
+                        help="processes exporting pseudo-labels while the next case is predicted (default 3, as "
+                             "nnUNetv2_predict; 0: none). No -npp: the images are already preprocessed")
     parser.add_argument("--disable_tta", action="store_true", help="no test-time mirroring (faster, less accurate)")
     parser.add_argument("--overwrite", action="store_true", help="make all pseudo-labels again")
     parser.add_argument("--disable_progress_bar", action="store_true")
@@ -225,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         student_fold = int(student_fold)
     try:
         make_pseudo_labels(args.d, args.c, args.f, args.tr, args.p, args.chk, args.device, args.overwrite,
-                           not args.disable_tta, student_fold, not args.disable_progress_bar)
+                           not args.disable_tta, student_fold, not args.disable_progress_bar, args.nps)
     except SSLConfigError as e:
         sys.exit(f"error: {e}")
 

@@ -147,10 +147,11 @@ def st_env(ssl_env, tmp_path_factory):
 
 
 def pseudolabel(st_env, monkeypatch, *args):
-    """``nnunet_ssl_pseudolabel`` in this process (its command line and all)."""
+    """``nnunet_ssl_pseudolabel`` in this process (its command line and all), exporting in-process unless asked."""
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         monkeypatch.setenv(var, st_env["env"][var])
-    pseudolabel_main(["-d", str(DATASET_ID), "-device", "cpu", "--disable_tta", "--disable_progress_bar", *args])
+    pseudolabel_main(["-d", str(DATASET_ID), "-device", "cpu", "--disable_tta", "--disable_progress_bar", "-nps", "0",
+                      *args])
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +293,8 @@ def test_student_refuses_pseudo_labels_of_other_plans_or_missing_cases(teachers,
     student = make_trainer(env, monkeypatch, nnUNetTrainerPseudoLabel, "3d_fullres", dataset=st_env["name"])
     with pytest.raises(SSLConfigError, match=f"1 of 7 unlabeled cases have no pseudo-label .*\\({removed}\\)"):
         student.get_unlabeled_dataset(st_env["split"]["train"] + st_env["split"]["val"])
-    pseudolabel(st_env, monkeypatch, "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_tiny")  # resumes
+    # a second run resumes: only the missing case is predicted (exported by a worker process)
+    pseudolabel(st_env, monkeypatch, "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_tiny", "-nps", "1")
     assert "7 unlabeled cases, 6 already pseudo-labeled" in capsys.readouterr().out
     assert removed in cases_done(folder)
 

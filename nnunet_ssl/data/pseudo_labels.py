@@ -45,8 +45,8 @@ def confidence(probabilities: torch.Tensor, has_regions: bool) -> torch.Tensor:
 
 def save_pseudo_label(folder: str, case: str, segmentation: np.ndarray, confidence_map: np.ndarray,
                       class_locations: dict, patch_size) -> None:
-    """Write one case (``segmentation`` and ``confidence_map`` of the image's spatial shape); the ``.pkl`` comes last, so a case counts as done only when complete (see
-    :func:`cases_done`)."""
+    """Write one case (``segmentation`` and ``confidence_map`` of the image's spatial shape). The ``.pkl`` comes
+    last, so a case counts as done only when complete (see :func:`cases_done`)."""
     pair = np.stack((segmentation, np.round(confidence_map * CONFIDENCE_SCALE))).astype(np.int16)
     blocks, chunks = comp_blosc2_params(pair.shape, tuple(patch_size), pair.itemsize)
     path = os.path.join(folder, case + PSEUDO_SUFFIX)
