@@ -17,9 +17,12 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+import numpy as np
+
 from nnunet_ssl.data.pseudo_labels import (MANIFEST, cases_done, pseudo_label_folder, read_manifest,
                                            write_manifest)
 from nnunet_ssl.errors import SSLConfigError
+from nnunet_ssl.preprocess_unlabeled import resolve_dataset
 
 STUDENT_TRAINER = "nnUNetTrainerPseudoLabel"
 
@@ -27,17 +30,9 @@ STUDENT_TRAINER = "nnUNetTrainerPseudoLabel"
 def dataset_folders(dataset: str, plans: str, configuration: str):
     """(dataset name, preprocessed dataset folder, plans dict) with errors naming what is missing."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    for var, value in (("nnUNet_preprocessed", nnUNet_preprocessed), ("nnUNet_results", nnUNet_results)):
-        if not value.is_set():
-            raise SSLConfigError(f"the environment variable {var} is not set (see nnU-Net's set_environment_variables)")
-    try:
-        dataset_name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise SSLConfigError(f"unknown dataset '{dataset}': {e}") from None
-    base = os.path.join(nnUNet_preprocessed, dataset_name)
+    dataset_name = resolve_dataset(dataset, "nnUNet_preprocessed", "nnUNet_results")
+    base = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
     plans_file = os.path.join(base, plans + ".json")
     if not os.path.isfile(plans_file):
         raise SSLConfigError(f"no plans file {plans_file}. Run nnUNetv2_plan_and_preprocess -d {dataset} first "
@@ -107,9 +102,13 @@ def unlabeled_cases_of_fold(base: str, preprocessed_folder: str, student_fold):
 
     splits_file = os.path.join(base, "splits_final.json")
     fold = None
-    if student_fold != "all" and os.path.isfile(splits_file):
+    if os.path.isfile(splits_file):
         splits = read_splits(splits_file)
-        if student_fold < len(splits):
+        if student_fold == "all":
+            if any(f.get("unlabeled") for f in splits):
+                raise SSLConfigError(f"a student of fold 'all' would train on every case, but {splits_file} marks "
+                                     f"cases unlabeled; make pseudo-labels for one of its folds (-student_fold)")
+        elif student_fold < len(splits):
             fold = splits[student_fold]
             check_fold(fold, f"{splits_file}, fold {student_fold}")
         elif any("unlabeled" in f for f in splits):
@@ -145,13 +144,17 @@ def prepare_output(folder: str, manifest: dict, overwrite: bool) -> None:
     write_manifest(folder, manifest)
 
 
-def export_pseudo_label(case: str, logits, label_manager, patch_size, folder: str) -> None:
-    """Teacher logits -> pseudo-label, confidence and class locations on disk (in an export worker)."""
+def export_pseudo_label(case: str, logits, outside_mask, label_manager, patch_size, folder: str) -> None:
+    """Teacher logits -> pseudo-label, confidence and class locations on disk (in an export worker). Voxels of
+    ``outside_mask`` (outside the nonzero mask, where the plans normalise within it; or None) get nnU-Net's -1,
+    as in its preprocessed labels, so that its masking after augmentation treats pseudo-labeled patches alike."""
     from nnunet_ssl.data.pseudo_labels import confidence, save_pseudo_label
     from nnunet_ssl.nnunet_internals import foreground_locations
 
     probabilities = label_manager.apply_inference_nonlin(logits)
-    segmentation = label_manager.convert_probabilities_to_segmentation(probabilities).numpy()
+    segmentation = label_manager.convert_probabilities_to_segmentation(probabilities).numpy().astype(np.int16)
+    if outside_mask is not None:
+        segmentation[outside_mask] = -1
     save_pseudo_label(folder, case, segmentation, confidence(probabilities, label_manager.has_regions).numpy(),
                       foreground_locations(segmentation[None], label_manager), patch_size)
 
@@ -196,11 +199,12 @@ def make_pseudo_labels(dataset: str, configuration: str, folds: Sequence, traine
                        num_export_processes: int = 3) -> str:
     """Predict every unlabeled case of the student's fold that has no pseudo-label yet; returns the folder."""
     import blosc2
-    import numpy as np
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from tqdm import tqdm
+
+    from nnunet_ssl.data.loaders import nonzero_mask_segmentation
 
     dataset_name, base, plans_dict = dataset_folders(dataset, plans, configuration)
     folds = [f if f == "all" else int(f) for f in folds]
@@ -234,15 +238,19 @@ def make_pseudo_labels(dataset: str, configuration: str, folds: Sequence, traine
                                     perform_everything_on_device=torch_device.type == "cuda")
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint)
         export = (predictor.label_manager, predictor.configuration_manager.patch_size, folder)
+        mask_channels = [c for c, masked in enumerate(predictor.configuration_manager.use_mask_for_norm) if masked]
         with ExportWorkers(num_export_processes) as workers:
             for case in tqdm(todo, desc="Pseudo-labelling", disable=not progress):
-                image = blosc2.open(urlpath=os.path.join(cases[case], case + ".b2nd"), mode="r")[:]
-                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(image)))
-                workers.submit(case, logits, *export)
+                image = torch.from_numpy(np.asarray(blosc2.open(urlpath=os.path.join(cases[case], case + ".b2nd"),
+                                                                mode="r")[:]))
+                outside = (nonzero_mask_segmentation(image, mask_channels)[0] < 0).numpy() if mask_channels else None
+                workers.submit(case, predictor.predict_logits_from_preprocessed_data(image), outside, *export)
     manifest["completed"] = datetime.datetime.now().isoformat(timespec="seconds")
     write_manifest(folder, manifest)
+    next_round = " under a new trainer name (a subclass; see README, Self-training)" \
+        if trainer == STUDENT_TRAINER else ""
     print(f"Pseudo-labels of {len(cases)} cases in {folder}\nTrain the student with: nnUNetv2_train {dataset} "
-          f"{configuration} {student_fold} -tr {STUDENT_TRAINER} -p {plans}")
+          f"{configuration} {student_fold} -tr {STUDENT_TRAINER} -p {plans}{next_round}")
     return folder
 
 

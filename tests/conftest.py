@@ -103,8 +103,8 @@ def build_session_dataset(root, env):
     run_cli([bin_path("nnunet_ssl_preprocess_unlabeled"), "-d", "990", "-c", "2d", "3d_fullres", "-np", "2"], env)
 
 def clone_dataset(env, new_id: int, name: str) -> str:
-    """Copy the session's preprocessed Dataset990 (without its unlabeled folders) to a new id, for tests that
-    write their own splits_final.json. Returns the new dataset name."""
+    """Copy the session's preprocessed Dataset990 (without its unlabeled folders, split and pseudo-labels) to a new
+    id, for tests that write their own splits_final.json. Returns the new dataset name."""
     import json
     import shutil
 
@@ -112,7 +112,7 @@ def clone_dataset(env, new_id: int, name: str) -> str:
     source = os.path.join(env["nnUNet_preprocessed"], "Dataset990_SSLDemo")
     target = os.path.join(env["nnUNet_preprocessed"], new_name)
     shutil.copytree(source, target, ignore=lambda folder, names: [n for n in names if n.endswith("_unlabeled")
-                                                                   or n == "splits_final.json"])
+                                                                   or n in ("splits_final.json", "pseudolabels")])
     plans_file = os.path.join(target, "nnUNetPlans.json")
     with open(plans_file) as f:
         plans = json.load(f)

@@ -1,7 +1,7 @@
 """nnU-Net's multi-GPU path (``nnUNetv2_train ... -num_gpus N``: DistributedDataParallel), run on the CPU with two
-gloo processes (tests/ddp_worker.py) for every SSL trainer: the batch split per rank, identical weights on all
-ranks after every optimizer step (second networks and EMA teachers included), logged terms gathered over ranks,
-and the checkpoint of rank 0 resumed under DDP and without it."""
+gloo processes (tests/ddp_worker.py) for every SSL trainer with an unlabeled stream: the batch split per rank,
+identical weights on all ranks after every optimizer step (second networks and EMA teachers included), logged terms
+gathered over ranks, and the checkpoint of rank 0 resumed under DDP and without it."""
 import json
 import os
 import socket
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-import nnunet_ssl.trainers as trainers
+from ddp_worker import DDP_TRAINERS
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
 WORLD = 2
@@ -36,7 +36,7 @@ def ddp_records(ssl_env, tmp_path_factory):
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", trainers.__all__)
+@pytest.mark.parametrize("name", DDP_TRAINERS)
 def test_trainer_under_ddp(ddp_records, name):
     ranks = [records[name] for records in ddp_records]
     rank0 = ranks[0]

@@ -17,8 +17,8 @@ EPOCHS, ITERATIONS, BATCH = 4, 25, 4
 #: paper settings 0.78 and 0.72, the swamped Mean Teacher below 0.05 (measured on the development machine)
 THRESHOLD = 0.85
 #: every SSL trainer's default (the ``_paper`` variants keep published settings that may learn less here)
-SSL_TRAINERS = [name for name in trainers.__all__
-                if issubclass(getattr(trainers, name), nnUNetTrainerSSLBase) and not name.endswith("_paper")]
+SSL_TRAINERS = [name for name in trainers.__all__ if issubclass(getattr(trainers, name), nnUNetTrainerSSLBase)
+                and not name.endswith("_paper") and name != "nnUNetTrainerPseudoLabel"]  # it needs a teacher: below
 
 
 def validation_dice(trainer) -> float:
@@ -60,10 +60,15 @@ def train_briefly(env, monkeypatch, tmp_path, cls) -> float:
 
 
 @pytest.fixture(scope="module")
-def baseline_dice(ssl_env, tmp_path_factory):
+def baseline_results(tmp_path_factory):
+    return tmp_path_factory.mktemp("baseline")
+
+
+@pytest.fixture(scope="module")
+def baseline_dice(ssl_env, baseline_results):
     monkeypatch = pytest.MonkeyPatch()
     try:
-        return train_briefly(ssl_env, monkeypatch, tmp_path_factory.mktemp("baseline"), nnUNetTrainer)
+        return train_briefly(ssl_env, monkeypatch, baseline_results, nnUNetTrainer)
     finally:
         monkeypatch.undo()
 
@@ -76,6 +81,21 @@ def test_nnunet_learns_the_synthetic_data_with_this_schedule(baseline_dice):
 def test_trainer_learns_the_synthetic_data(ssl_env, monkeypatch, tmp_path, baseline_dice, name):
     dice = train_briefly(ssl_env, monkeypatch, tmp_path, getattr(trainers, name))
     assert dice >= THRESHOLD, f"{name}: validation Dice {dice:.3f}; nnUNetTrainer {baseline_dice:.3f}"
+
+
+def test_self_training_student_learns_from_the_baseline_as_teacher(ssl_env, monkeypatch, tmp_path, baseline_dice,
+                                                                   baseline_results):
+    """nnUNetTrainerPseudoLabel with the nnUNetTrainer above as its teacher (pseudo-labels of the imagesUnlabeled
+    scans), trained from scratch with the same schedule."""
+    from nnunet_ssl.pseudolabel import make_pseudo_labels
+
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_extTrainer"):
+        monkeypatch.setenv(var, ssl_env[var])
+    monkeypatch.setenv("nnUNet_results", str(baseline_results))
+    make_pseudo_labels("990", "2d", [0], "nnUNetTrainer", device="cpu", use_mirroring=False, progress=False,
+                       num_export_processes=0)
+    dice = train_briefly(ssl_env, monkeypatch, tmp_path, trainers.nnUNetTrainerPseudoLabel)
+    assert dice >= THRESHOLD, f"nnUNetTrainerPseudoLabel: validation Dice {dice:.3f}; teacher {baseline_dice:.3f}"
 
 
 class SwampedMeanTeacher(trainers.nnUNetTrainerMeanTeacher):

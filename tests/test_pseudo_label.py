@@ -1,16 +1,18 @@
 """Self-training: ``nnunet_ssl_pseudolabel`` and ``nnUNetTrainerPseudoLabel``.
 
-The end-to-end tests run the user's path (README, "Self-training") on a split whose unlabeled cases have their label
-files deleted: nnUNetv2_train of the teacher, nnunet_ssl_pseudolabel, nnUNetv2_train of the student, a second
-round with the student as teacher (2d), nnUNetv2_predict and nnunet_ssl_evaluate.
+The end-to-end tests follow the README ("Self-training") on a split whose unlabeled cases have their label files
+deleted: a teacher (nnUNetTrainer), nnunet_ssl_pseudolabel, the student; in 2d through nnUNetv2_train with a second
+round (the student as teacher), nnUNetv2_predict and nnunet_ssl_evaluate.
 """
 import json
 import os
 import shutil
 
+import blosc2
 import numpy as np
 import pytest
 import torch
+from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
 from conftest import bin_path, clone_dataset, make_trainer, run_cli
 from e2e import output_folder, train
@@ -19,25 +21,14 @@ from nnunet_ssl.data.pseudo_labels import (CONFIDENCE_SCALE, ConfidenceToIgnore,
                                            confidence, pseudo_label_folder, read_manifest)
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.evaluation.metrics import main as evaluate_main
-from nnunet_ssl.pseudolabel import main as pseudolabel_main, unlabeled_cases_of_fold
+from nnunet_ssl.pseudolabel import (check_model_fits_dataset, export_pseudo_label, main as pseudolabel_main,
+                                    unlabeled_cases_of_fold)
 from nnunet_ssl.splits import make_ssl_splits, write_splits
 from nnunet_ssl.trainers import nnUNetTrainerPseudoLabel
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_ssl.trainers.pseudo_label import pseudo_patches_per_batch
 
 DATASET_ID = 996
-ROUND2 = "nnUNetTrainerPseudoLabelRound2_tiny"
-ROUND2_FILE = '''
-from nnunet_ssl.trainers import nnUNetTrainerPseudoLabel
-from ssl_test_trainers import _no_mirroring, _short_init
-
-
-class nnUNetTrainerPseudoLabelRound2(nnUNetTrainerPseudoLabel):
-    """The second round's student (README): its own name, so its model folder is not the teacher's."""
-
-
-nnUNetTrainerPseudoLabelRound2_tiny = type("nnUNetTrainerPseudoLabelRound2_tiny", (nnUNetTrainerPseudoLabelRound2,), {
-    "__init__": _short_init, "configure_rotation_dummyDA_mirroring_and_inital_patch_size": _no_mirroring})
-'''
 
 
 # ---- nnU-Net internals (nnunet_ssl/nnunet_internals.py) ------------------------------------------------------
@@ -110,6 +101,20 @@ def test_confidence_to_ignore_by_hand():
         .tolist() == [[[0, 1, 2, -1]]]
 
 
+def test_export_writes_label_confidence_and_locations_by_hand(ssl_env, monkeypatch, tmp_path):
+    """Softmax of hand-made logits: labels, confidence x 10000 and class locations; -1 outside the nonzero mask."""
+    label_manager = make_trainer(ssl_env, monkeypatch, nnUNetTrainerPseudoLabel, "2d").label_manager
+    logits = torch.zeros(3, 1, 1, 4)
+    logits[1, 0, 0, 1] = np.log(4.0)  # softmax (1, 4, 1) / 6 -> label 1, confidence 0.6667
+    logits[2, 0, 0, 2] = 10.0
+    outside = np.array([[[False, False, False, True]]])
+    export_pseudo_label("case", logits, outside, label_manager, [1, 4], str(tmp_path))
+    pair = blosc2.open(str(tmp_path / "case_pseudo.b2nd"), mode="r")[:]
+    properties = load_pickle(str(tmp_path / "case.pkl"))
+    assert pair.tolist() == [[[[0, 1, 2, -1]]], [[[3333, 6667, 9999, 3333]]]]
+    assert [list(map(list, properties["class_locations"][k])) for k in (1, 2)] == [[[0, 0, 0, 1]], [[0, 0, 0, 2]]]
+
+
 def test_pseudo_patches_per_batch():
     assert [pseudo_patches_per_batch(b, s) for b, s in ((2, 0.5), (2, 0.1), (2, 0.9), (4, 0.25), (5, 0.5))] == \
         [1, 1, 1, 1, 2]
@@ -120,7 +125,7 @@ def test_pseudo_patches_per_batch():
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def st_env(ssl_env, tmp_path_factory):
+def st_env(ssl_env):
     """Dataset996: Dataset990 with its imagesUnlabeled scans and a one-fold split of 2 labeled, 3 unlabeled and
     1 validation case, the unlabeled cases' label files deleted (raw, gt_segmentations, preprocessed)."""
     name = clone_dataset(ssl_env, DATASET_ID, "SelfTraining")
@@ -138,12 +143,7 @@ def st_env(ssl_env, tmp_path_factory):
                      os.path.join(target, "gt_segmentations", case + ".nii.gz"),
                      os.path.join(ssl_env["nnUNet_raw"], name, "labelsTr", case + ".nii.gz")):
             os.remove(path)
-    ext = tmp_path_factory.mktemp("round2_ext")
-    (ext / "round2_trainers.py").write_text(ROUND2_FILE)
-    env = dict(ssl_env, nnUNet_extTrainer=f"{ssl_env['nnUNet_extTrainer']}{os.pathsep}{ext}",
-               PYTHONPATH=os.pathsep.join(p for p in (ssl_env["nnUNet_extTrainer"], os.environ.get("PYTHONPATH"))
-                                          if p))
-    return dict(env=env, name=name, folder=target, split=split[0])
+    return dict(env=ssl_env, name=name, folder=target, split=split[0])
 
 
 def pseudolabel(st_env, monkeypatch, *args):
@@ -154,14 +154,23 @@ def pseudolabel(st_env, monkeypatch, *args):
                       *args])
 
 
+def train_in_process(st_env, monkeypatch, trainer_class, configuration):
+    """A 1-epoch training of 2 steps (``trainer.run_training()``, as nnUNetv2_train runs it, without the final
+    validation), saving checkpoint_final.pth in the model folder."""
+    trainer = make_trainer(st_env["env"], monkeypatch, trainer_class, configuration, dataset=st_env["name"])
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 2, 1
+    trainer.run_training()
+    return trainer
+
+
 @pytest.fixture(scope="module")
 def teachers(st_env):
-    """Round one's teacher, nnUNetTrainer_tiny on the labeled cases, trained and run by nnunet_ssl_pseudolabel for
-    2d and 3d_fullres."""
+    """Round one's teacher, nnUNetTrainer on the labeled cases (trained in this process, to keep the test short),
+    and nnunet_ssl_pseudolabel with it, for 2d and 3d_fullres."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         for configuration in ("2d", "3d_fullres"):
-            train(st_env["env"], "nnUNetTrainer_tiny", configuration, 1, dataset_id=DATASET_ID)
-            pseudolabel(st_env, monkeypatch, "-c", configuration, "-f", "0", "-tr", "nnUNetTrainer_tiny")
+            train_in_process(st_env, monkeypatch, nnUNetTrainer, configuration)
+            pseudolabel(st_env, monkeypatch, "-c", configuration, "-f", "0", "-tr", "nnUNetTrainer")
     return st_env
 
 
@@ -186,37 +195,49 @@ def check_pseudo_labels(st_env, configuration, teacher):
     return folder
 
 
-@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
-def test_self_training_rounds_end_to_end(teachers, monkeypatch, configuration, tmp_path):
-    st_env = teachers
+def test_self_training_3d_fullres(teachers, monkeypatch):
+    """Round one in 3d_fullres: the pseudo-labels, and the student (in this process, to keep the test short; the 2d
+    test below runs nnU-Net's commands)."""
+    check_pseudo_labels(teachers, "3d_fullres", "nnUNetTrainer")
+    student = train_in_process(teachers, monkeypatch, nnUNetTrainerPseudoLabel, "3d_fullres")
+    assert student.pseudo_label_manifest["teacher"]["trainer"] == "nnUNetTrainer"
+    assert student.batch_size + student.batch_size_unlabeled == 2  # the plans' batch size
+    assert os.path.isfile(os.path.join(student.output_folder, "checkpoint_final.pth"))
+
+
+def test_self_training_rounds_end_to_end_2d(teachers, monkeypatch, tmp_path):
+    """Round one's student through nnUNetv2_train, nnUNetv2_predict and nnunet_ssl_evaluate, as in the README; then
+    round two: the student teaches a new student, under its own trainer name (trained in this process)."""
+    st_env, configuration = teachers, "2d"
     env = st_env["env"]
-    check_pseudo_labels(st_env, configuration, "nnUNetTrainer_tiny")
+    check_pseudo_labels(st_env, configuration, "nnUNetTrainer")
+    student = "nnUNetTrainerPseudoLabel_tiny"
+    log = train(env, student, configuration, 1, dataset_id=DATASET_ID).stdout
+    assert "by teacher nnUNetTrainer (plans nnUNetPlans" in log
+    assert "3 from splits_final.json, 4 from the imagesUnlabeled folder" in log
+    assert os.path.isfile(os.path.join(output_folder(env, student, configuration, DATASET_ID), "validation",
+                                       "summary.json"))
+    predictions = tmp_path / "pred"
+    raw = os.path.join(env["nnUNet_raw"], st_env["name"])
+    run_cli([bin_path("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", str(predictions), "-d",
+             str(DATASET_ID), "-c", configuration, "-f", "0", "-tr", student, "-device", "cpu", "-npp", "1", "-nps",
+             "1", "--disable_progress_bar", "--disable_tta"], env)
+    assert evaluate_main([str(predictions), os.path.join(raw, "labelsTs"), "-o", str(predictions / "scores.json"),
+                          "-np", "1"]) == 0
+    assert len(json.loads((predictions / "scores.json").read_text())["metric_per_case"]) == 2
 
-    student = train(env, "nnUNetTrainerPseudoLabel_tiny", configuration, 1, dataset_id=DATASET_ID)
-    assert "by teacher nnUNetTrainer_tiny" in student.stdout
-    assert "3 from splits_final.json, 4 from the imagesUnlabeled folder" in student.stdout
-    final = output_folder(env, "nnUNetTrainerPseudoLabel_tiny", configuration, DATASET_ID)
-    assert os.path.isfile(os.path.join(final, "validation", "summary.json"))
-    last = "nnUNetTrainerPseudoLabel_tiny"
-    if configuration == "2d":  # round 2: the student teaches the next student
-        pseudolabel(st_env, monkeypatch, "-c", configuration, "-f", "0", "-tr", last, "--overwrite")
-        check_pseudo_labels(st_env, configuration, last)
-        with pytest.raises(SSLConfigError, match="the teacher is this very trainer"):
-            make_trainer(env, monkeypatch, type(last, (nnUNetTrainerPseudoLabel,), {}), configuration,
-                         dataset=st_env["name"]).read_pseudo_label_manifest()
-        assert "by teacher nnUNetTrainerPseudoLabel_tiny" in train(env, ROUND2, configuration, 1,
-                                                                   dataset_id=DATASET_ID).stdout
-        last = ROUND2
+    pseudolabel(st_env, monkeypatch, "-c", configuration, "-f", "0", "-tr", student, "--overwrite")
+    check_pseudo_labels(st_env, configuration, student)
+    with pytest.raises(SSLConfigError, match="the teacher is this very trainer"):
+        make_trainer(env, monkeypatch, type(student, (nnUNetTrainerPseudoLabel,), {}), configuration,
+                     dataset=st_env["name"]).read_pseudo_label_manifest()
 
-    if configuration == "2d":  # prediction is nnU-Net's plain U-Net path, the same for both configurations
-        predictions = tmp_path / "pred"
-        raw = os.path.join(env["nnUNet_raw"], st_env["name"])
-        run_cli([bin_path("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", str(predictions), "-d",
-                 str(DATASET_ID), "-c", configuration, "-f", "0", "-tr", last, "-device", "cpu", "-npp", "1", "-nps",
-                 "1", "--disable_progress_bar", "--disable_tta"], env)
-        assert evaluate_main([str(predictions), os.path.join(raw, "labelsTs"), "-o",
-                              str(predictions / "scores.json"), "-np", "1"]) == 0
-        assert len(json.loads((predictions / "scores.json").read_text())["metric_per_case"]) == 2
+    class nnUNetTrainerPseudoLabelRound2(nnUNetTrainerPseudoLabel):
+        """The README's one-line subclass for round two."""
+
+    round_two = train_in_process(st_env, monkeypatch, nnUNetTrainerPseudoLabelRound2, configuration)
+    assert round_two.pseudo_label_manifest["teacher"]["trainer"] == student
+    assert os.path.isfile(os.path.join(round_two.output_folder, "checkpoint_final.pth"))
 
 
 # ---- bad input (on the teachers' models and pseudo-labels) -------------------------------------------------
@@ -231,19 +252,22 @@ def test_pseudolabel_missing_model_fold_or_checkpoint(teachers, monkeypatch):
     st_env = teachers
     message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainerDMD")
     assert "no trained model in" in message and "nnUNetTrainerDMD__nnUNetPlans__2d" in message
-    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "3", "-tr", "nnUNetTrainer_tiny")
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "3", "-tr", "nnUNetTrainer")
     assert os.path.join("fold_3", "checkpoint_final.pth") in message
-    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainer_tiny",
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainer",
                                     "-chk", "checkpoint_nope.pth")
     assert os.path.join("fold_0", "checkpoint_nope.pth") in message
-    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainer_tiny",
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainer",
                                     "-p", "nnUNetPlansX")
     assert "nnUNetPlansX.json" in message
+    message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainer",
+                                    "-student_fold", "all")
+    assert "fold 'all'" in message and "splits_final.json" in message
 
 
 def test_pseudolabel_model_of_another_dataset_or_plans(teachers, monkeypatch):
     st_env = teachers
-    teacher = output_folder(st_env["env"], "nnUNetTrainer_tiny", "2d", DATASET_ID)
+    teacher = output_folder(st_env["env"], "nnUNetTrainer", "2d", DATASET_ID)
     copy = os.path.join(os.path.dirname(os.path.dirname(teacher)), "nnUNetTrainerCopy__nnUNetPlans__2d")
     shutil.copytree(os.path.dirname(teacher), copy)
     plans_file = os.path.join(copy, "plans.json")
@@ -256,9 +280,9 @@ def test_pseudolabel_model_of_another_dataset_or_plans(teachers, monkeypatch):
         edit(edited)
         with open(plans_file, "w") as f:
             json.dump(edited, f)
-        if expected is None:  # a trainer variant's batch size does not matter: the copy's outputs are made
-            pseudolabel(st_env, monkeypatch, "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerCopy", "-student_fold", "all")
-            assert len(cases_done(pseudo_label_folder(st_env["folder"], "nnUNetPlans", "2d", "all"))) == 4
+        if expected is None:  # a trainer variant's batch size does not matter
+            check_model_fits_dataset(copy, st_env["name"], st_env["folder"], "nnUNetPlans", json.loads(
+                open(os.path.join(st_env["folder"], "nnUNetPlans.json")).read()), "2d")
             continue
         message = run_pseudolabel_error(st_env, monkeypatch, "-f", "0", "-tr", "nnUNetTrainerCopy")
         assert expected in message and plans_file in message
@@ -294,7 +318,7 @@ def test_student_refuses_pseudo_labels_of_other_plans_or_missing_cases(teachers,
     with pytest.raises(SSLConfigError, match=f"1 of 7 unlabeled cases have no pseudo-label .*\\({removed}\\)"):
         student.get_unlabeled_dataset(st_env["split"]["train"] + st_env["split"]["val"])
     # a second run resumes: only the missing case is predicted (exported by a worker process)
-    pseudolabel(st_env, monkeypatch, "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_tiny", "-nps", "1")
+    pseudolabel(st_env, monkeypatch, "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer", "-nps", "1")
     assert "7 unlabeled cases, 6 already pseudo-labeled" in capsys.readouterr().out
     assert removed in cases_done(folder)
 
@@ -323,3 +347,22 @@ def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
     assert (batch["unlabeled"]["target"][0] == 3).float().mean() > 0.5
     loss, terms = trainer.compute_loss(batch["data"], batch["target"], batch["unlabeled"]["data"], batch)
     assert torch.isfinite(loss) and terms["pseudo_ignored"] > 0.5
+
+
+def test_student_starts_from_the_teachers_weights_if_asked(teachers, monkeypatch, tmp_path):
+    class FromTeacher(nnUNetTrainerPseudoLabel):
+        init_from_teacher = True
+
+    trainer = make_trainer(teachers["env"], monkeypatch, FromTeacher, "3d_fullres", dataset=teachers["name"])
+    trainer.initialize()
+    teacher = read_manifest(trainer.pseudo_label_folder)["teacher"]
+    weights = torch.load(os.path.join(teacher["model_folder"], "fold_0", "checkpoint_final.pth"),
+                         weights_only=False)["network_weights"]
+    state = trainer.network_module.state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], v) for k, v in weights.items())
+
+    (tmp_path / "fold_0").mkdir()  # a teacher whose network holds more than one plain U-Net
+    torch.save({"network_weights": {"net1." + k: v for k, v in weights.items()}},
+               tmp_path / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(SSLConfigError, match="is not this trainer's plain U-Net"):
+        trainer.load_teacher_weights(dict(teacher, model_folder=str(tmp_path)))

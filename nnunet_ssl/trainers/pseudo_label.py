@@ -26,7 +26,6 @@ import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.file_path_utilities import get_output_folder
 
 from nnunet_ssl.data.pseudo_labels import (MANIFEST, PSEUDO_LABELS_FOLDER, ConfidenceToIgnore, PseudoLabeledCases,
                                            cases_done, pseudo_label_folder, read_manifest)
