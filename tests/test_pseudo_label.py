@@ -13,19 +13,20 @@ import numpy as np
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from conftest import bin_path, clone_dataset, make_trainer, run_cli
 from e2e import output_folder, train
 
 from nnunet_ssl.data.pseudo_labels import (CONFIDENCE_SCALE, ConfidenceToIgnore, PseudoLabeledCases, cases_done,
                                            confidence, pseudo_label_folder, read_manifest)
+from nnunet_ssl.data.strong_views import StrongIntensity
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.evaluation.metrics import main as evaluate_main
 from nnunet_ssl.pseudolabel import (check_model_fits_dataset, export_pseudo_label, main as pseudolabel_main,
                                     unlabeled_cases_of_fold)
 from nnunet_ssl.splits import make_ssl_splits, write_splits
 from nnunet_ssl.trainers import nnUNetTrainerPseudoLabel
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_ssl.trainers.pseudo_label import pseudo_patches_per_batch
 
 DATASET_ID = 996
@@ -325,11 +326,11 @@ def test_student_refuses_pseudo_labels_of_other_plans_or_missing_cases(teachers,
 
 def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
     """3 of 4 patches pseudo-labeled; with a threshold above every confidence all pseudo-label voxels inside the
-    image are ignored, and only labeled cases feed the labeled stream."""
+    image are ignored, and only labeled cases feed the labeled stream (with the Noisy Student noise on)."""
     class Student(nnUNetTrainerPseudoLabel):
         pseudo_label_share = 0.75
         confidence_threshold = 1.01
-        student_augmentation = None
+        student_augmentation = StrongIntensity()
 
     def batch_of_four(plans):
         plans["configurations"]["2d"]["batch_size"] = 4
