@@ -27,6 +27,7 @@ On a GPU machine without package registry, install what it lacks from the bundle
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -39,8 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET_ID, DATASET_NAME = 993, "Dataset993_GPUCheck"
 REPORT_PREFIX = "GPUCHECK "
-#: synthetic cases (z, y, x): labeled, unlabeled and test counts
-SHAPES = {"full": (48, 64, 56), "tiny": (12, 16, 14)}
+#: synthetic case shapes (z, y, x); "tiny" is the smallest whose plans keep three stages (with two, nnU-Net's deep
+#: supervision weights are 0 / 0 and every loss is NaN)
+SHAPES = {"full": (48, 64, 56), "tiny": (16, 24, 20)}
 
 EXT_TRAINERS = textwrap.dedent('''
     """Short-schedule variants (<trainer>_gpucheck) written by benchmarks/gpu_check.py."""
@@ -206,8 +208,12 @@ def run_trainers(check: Check, trainers: list, configuration: str, parallel: int
                             nnUNet_n_proc_DA=workers, GPU_CHECK_ITERATIONS=str(iterations))
         row.update(train_rc=trained["rc"], train_s=trained["seconds"], **train_report(trained),
                    val_dice=validation_dice(check, trainer, configuration))
-        if trained["rc"] or check.time_left() <= 0:
-            return dict(row, status="train failed" if trained["rc"] else "predict skipped: out of time")
+        if trained["rc"]:
+            return dict(row, status="train failed")
+        if not math.isfinite(row.get("train_loss", math.nan)):
+            return dict(row, status="train loss not finite")
+        if check.time_left() <= 0:
+            return dict(row, status="predict skipped: out of time")
         predicted = check.run(predict_command(check, trainer, configuration, device))
         out_dir = predict_command(check, trainer, configuration, device)[4]
         row.update(predict_rc=predicted["rc"], predict_s=predicted["seconds"],
