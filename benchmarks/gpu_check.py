@@ -2,8 +2,8 @@
 nnU-Net's own commands with nnU-Net's mixed precision and torch.compile on, then the step benchmark at the plans'
 batch sizes.
 
-    python benchmarks/gpu_check.py                 # on a machine with CUDA; results in $OUT or benchmarks/work/gpu_check
-    python benchmarks/gpu_check.py --dry-run       # on a CPU: every step but the CUDA ones, tiny settings (CI runs it)
+    python benchmarks/gpu_check.py            # on a machine with CUDA; results in $OUT or benchmarks/work/gpu_check
+    python benchmarks/gpu_check.py --dry-run  # on a CPU: every step but the CUDA ones, tiny settings (CI runs it)
 
 Steps, each logged with its command and output to ``gpu_check.log``:
 

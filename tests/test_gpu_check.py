@@ -41,6 +41,7 @@ def test_dry_run_prepares_everything_but_the_cuda_steps(tmp_path):
     # nnU-Net's search of nnUNet_extTrainer folders finds every short-schedule variant in the run's folder
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     for name in names:
-        variant = recursive_find_python_class(str(work / "ext"), name + "_gpucheck", None, base_folder=str(work / "ext"),
+        ext = str(work / "ext")
+        variant = recursive_find_python_class(ext, name + "_gpucheck", None, base_folder=ext,
                                               cleanup_imports_from_base_folder=True)
         assert variant is not None and variant.__mro__[1].__name__ == name
