@@ -6,8 +6,11 @@ trainer index on ``nnUNet_extTrainer``, and finally nnU-Net's own search finding
 ``--print-ext-path`` prints the folder for setting ``nnUNet_extTrainer`` by hand.
 """
 import argparse
+import contextlib
+import io
 import os
 import sys
+import warnings
 from importlib.util import find_spec
 
 ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -28,9 +31,11 @@ def check_env_vars():
 
 def check_torchvision():
     try:
-        import torch
-        import torchvision
-        import timm  # noqa: F401  (what nnU-Net's trainer search imports first)
+        with warnings.catch_warnings():  # timm's deprecation warnings are not this check's business
+            warnings.simplefilter("ignore")
+            import torch
+            import torchvision
+            import timm  # noqa: F401  (what nnU-Net's trainer search imports first)
     except Exception as e:
         return False, (f"{type(e).__name__}: {e}. torch and torchvision must come from the same index; reinstall "
                        f"both together (e.g. pip install --force-reinstall torch torchvision)")
@@ -57,13 +62,22 @@ def check_discovery():
     found = []
     for name in trainers.__all__:
         try:
-            cls = recursive_find_trainer_class_by_name(name)
+            cls = _quietly(recursive_find_trainer_class_by_name, name)
         except Exception as e:
             return False, f"nnU-Net could not find {name}: {type(e).__name__}: {e}"
         if cls is not getattr(trainers, name):
             return False, f"nnU-Net found a different class named {name} ({cls.__module__}); rename yours"
         found.append(name)
     return True, "nnU-Net finds " + ", ".join(found)
+
+
+def _quietly(function, *args):
+    """``function(*args)`` without its printed output and warnings (nnU-Net's trainer search prints six lines
+    per trainer)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args)
 
 
 def main(argv=None) -> None:

@@ -16,18 +16,19 @@ import sys
 import time
 
 DEMO_TRAINER_MODULE = '''"""Short-schedule variant for nnunet_ssl_demo (written by it)."""
-import torch
-
 from nnunet_ssl.trainers import {trainer}
 
 
 class {trainer}_demo({trainer}):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = {epochs}
-        self.num_iterations_per_epoch = {iterations}
-        self.num_val_iterations_per_epoch = 5
+    num_epochs = {epochs}
+    num_iterations_per_epoch = {iterations}
+    num_val_iterations_per_epoch = 5
 '''
+
+
+def export_line(variables: dict) -> str:
+    """A shell line that sets ``variables`` (quoted for bash), to repeat the demo's commands by hand."""
+    return "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in variables.items())
 
 
 def run(command, env):
@@ -57,8 +58,10 @@ def main(argv=None) -> None:
     with open(os.path.join(ext, "nnunet_ssl_demo_trainers.py"), "w") as f:
         f.write(DEMO_TRAINER_MODULE.format(trainer=args.tr, epochs=args.epochs, iterations=args.iterations))
     # passive OpenMP waiting: spinning threads starve nnU-Net's augmentation workers on small CPUs
-    env = dict(os.environ, **folders, nnUNet_extTrainer=ext,
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    variables = dict(**folders, nnUNet_extTrainer=ext, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    env = dict(os.environ, **variables)
+    print(f"The demo's nnU-Net folders and trainer folder; to repeat its commands by hand, first run\n"
+          f"{export_line(variables)}", flush=True)
     bin_dir = os.path.dirname(sys.executable)
     tool = lambda name: os.path.join(bin_dir, name)  # noqa: E731
     start = time.time()
@@ -82,7 +85,8 @@ def main(argv=None) -> None:
           + ", ".join(f"{label}: {m['Dice']:.3f}" for label, m in summary["mean"].items())
           + f"; foreground mean {summary['foreground_mean']['Dice']:.3f}")
     print(f"Predictions: {predictions}\nScores: {scores}\nTraining log and progress.png: "
-          f"{os.path.join(folders['nnUNet_results'], 'Dataset990_SSLDemo')}")
+          f"{os.path.join(folders['nnUNet_results'], 'Dataset990_SSLDemo')}\n"
+          f"To repeat the commands above by hand, first run\n{export_line(variables)}")
 
 
 if __name__ == "__main__":

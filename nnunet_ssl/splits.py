@@ -27,6 +27,23 @@ def check_fold(fold: Fold, where: str) -> None:
                 f"{', ...' if len(overlap) > 5 else ''}). Unlabeled, train and val cases must be disjoint.")
 
 
+def check_enough_cases_for_default_split(case_ids: Sequence[str], splits_file: str, dataset: str,
+                                        configuration: str, fold: int, trainer: str, folds: int = 5) -> None:
+    """Raise, naming the options, if nnU-Net cannot make its default ``folds``-fold split of ``case_ids``
+    (scikit-learn would fail inside nnU-Net)."""
+    if len(case_ids) >= folds:
+        return
+    options = (f"  * train on every labeled case with fold 'all' (nnU-Net's final validation then runs on training "
+               f"cases):\n      nnUNetv2_train {dataset} {configuration} all -tr {trainer}")
+    if len(case_ids) >= 2:
+        options += (f"\n  * or write a split with fewer folds, e.g. {len(case_ids)} folds that keep every training "
+                    f"case labeled:\n      nnunet_ssl_split -d {dataset} --fraction 1 --folds {len(case_ids)}"
+                    f"\n    (or put your own splits_final.json there)")
+    raise SSLConfigError(
+        f"{dataset} has {len(case_ids)} labeled case(s), fewer than the {folds} folds of nnU-Net's default "
+        f"cross-validation, so fold {fold} cannot be made (there is no {splits_file}). Either\n{options}")
+
+
 def fold_from_protocol(train_ids: Sequence[str], num_labeled: int, val_ids: Sequence[str]) -> Fold:
     """The literature's protocol: the first ``num_labeled`` ids of the train list are labeled, the rest unlabeled."""
     if not 1 <= num_labeled <= len(train_ids):

@@ -164,3 +164,38 @@ def test_missing_prediction_or_reference_is_an_error_naming_the_file(tmp_path, c
     _write(pred_dir, "stray.nii.gz", np.zeros((6, 5, 5)))
     assert main([str(pred_dir), str(ref_dir), "-np", "1", "--chill"]) == 1
     assert "stray.nii.gz" in capsys.readouterr().err
+
+
+def _squares(shift):
+    """A 7x7 square and the same square shifted by ``shift`` pixels along x, on a 20x24 canvas."""
+    ref, pred = np.zeros((20, 24), np.uint8), np.zeros((20, 24), np.uint8)
+    ref[5:12, 5:12] = 1
+    pred[5:12, 5 + shift:12 + shift] = 1
+    return pred, ref
+
+
+def test_png_segmentations_are_read_as_nnunet_reads_them_and_measured_in_pixels(tmp_path, capsys):
+    from skimage import io
+
+    (tmp_path / "pred").mkdir(), (tmp_path / "ref").mkdir()
+    pred, ref = _squares(3)
+    io.imsave(tmp_path / "pred" / "img_1.png", pred, check_contrast=False)
+    io.imsave(tmp_path / "ref" / "img_1.png", ref, check_contrast=False)
+    assert main([str(tmp_path / "pred"), str(tmp_path / "ref"), "-o", str(tmp_path / "s.json"), "-np", "1"]) == 0
+    metrics = json.loads((tmp_path / "s.json").read_text())["metric_per_case"][0]["metrics"]["1"]
+    assert set(metrics) == {"Dice", "IoU", "HD95_vox", "ASD_vox"}, "a PNG has no spacing, so no distances in mm"
+    assert metrics["Dice"] == pytest.approx(2 * 28 / 98)
+    # measured in 2D: a 3D surface extraction over the single slice would call every pixel a surface pixel
+    assert metrics["HD95_vox"] == pytest.approx(hd95(pred, ref)) and metrics["ASD_vox"] == pytest.approx(asd(pred, ref))
+    assert metrics["ASD_vox"] != pytest.approx(asd(pred[None], ref[None]))
+    assert "pixels only" in capsys.readouterr().out
+
+
+def test_single_slice_nifti_is_measured_in_2d_with_its_spacing(tmp_path):
+    pred, ref = _squares(2)
+    _write(tmp_path / "pred", "c.nii.gz", pred[None], spacing_xyz=(0.5, 2.0, 5.0))
+    _write(tmp_path / "ref", "c.nii.gz", ref[None], spacing_xyz=(0.5, 2.0, 5.0))
+    assert main([str(tmp_path / "pred"), str(tmp_path / "ref"), "-o", str(tmp_path / "s.json"), "-np", "1"]) == 0
+    metrics = json.loads((tmp_path / "s.json").read_text())["metric_per_case"][0]["metrics"]["1"]
+    assert metrics["HD95"] == pytest.approx(hd95(pred, ref, voxelspacing=(2.0, 0.5)))
+    assert metrics["ASD_vox"] == pytest.approx(asd(pred, ref))

@@ -36,8 +36,9 @@ def case_ids_in(folder: str) -> List[str]:
 
 
 def collect_unlabeled_cases(preprocessed_dataset_folder: str, split_unlabeled: Sequence[str],
-                            labeled_ids: Sequence[str]) -> Dict[str, str]:
-    """Map every unlabeled case id to the folder holding its image; raise if there is none or ids clash."""
+                            labeled_ids: Sequence[str], preprocess_command: str = "") -> Dict[str, str]:
+    """Map every unlabeled case id to the folder holding its image; raise if there is none or ids clash.
+    ``preprocess_command`` is what the error advises when raw scans wait in imagesUnlabeled/."""
     cases = {}
     for case in split_unlabeled:
         if not os.path.isfile(os.path.join(preprocessed_dataset_folder, case + ".b2nd")):
@@ -51,11 +52,31 @@ def collect_unlabeled_cases(preprocessed_dataset_folder: str, split_unlabeled: S
                                  f"case. Rename it in imagesUnlabeled/ and preprocess again.")
         cases[case] = folder
     if not cases:
-        raise SSLConfigError(f"no unlabeled data found for {preprocessed_dataset_folder}: neither the folder "
-                             f"{folder} nor an 'unlabeled' list in splits_final.json for this fold. "
-                             f"A semi-supervised trainer does not fall back to supervised training.\n"
-                             + HOW_TO_ADD_UNLABELED)
+        message = (f"no unlabeled data found for {preprocessed_dataset_folder}: neither the folder {folder} nor an "
+                   f"'unlabeled' list in splits_final.json for this fold. A semi-supervised trainer does not fall "
+                   f"back to supervised training.\n")
+        raw_scans = _raw_unlabeled_scans(preprocessed_dataset_folder)
+        if raw_scans:
+            message += (f"{len(raw_scans)} scan file(s) wait in {os.path.dirname(raw_scans[0])} but are not "
+                        f"preprocessed for this configuration. Run\n  "
+                        f"{preprocess_command or 'nnunet_ssl_preprocess_unlabeled -d <Dataset> -c <configuration>'}")
+        else:
+            message += HOW_TO_ADD_UNLABELED
+        raise SSLConfigError(message)
     return cases
+
+
+def _raw_unlabeled_scans(preprocessed_dataset_folder: str) -> List[str]:
+    """Files in ``$nnUNet_raw/<Dataset>/imagesUnlabeled`` for the dataset of a preprocessed folder."""
+    from nnunetv2.paths import nnUNet_raw
+
+    if not nnUNet_raw.is_set():
+        return []
+    dataset_name = os.path.basename(os.path.dirname(preprocessed_dataset_folder.rstrip(os.sep)))
+    images = os.path.join(nnUNet_raw.get(), dataset_name, "imagesUnlabeled")
+    if not os.path.isdir(images):
+        return []
+    return sorted(os.path.join(images, f) for f in os.listdir(images) if not f.startswith("."))
 
 
 class UnlabeledImages:

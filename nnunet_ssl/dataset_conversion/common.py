@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections import Counter
 from contextlib import contextmanager
-from typing import Collection, Iterator, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -121,8 +121,14 @@ def label_on_image_grid(image: sitk.Image, label: sitk.Image, case: str) -> sitk
 
 def write_case(dataset_folder: str, subset: str, case_id: str, image: sitk.Image, label: sitk.Image) -> None:
     """Write one single-channel case; ``subset`` is "Tr" or "Ts"."""
-    sitk.WriteImage(image, os.path.join(dataset_folder, f"images{subset}", f"{case_id}_0000{FILE_ENDING}"))
+    write_channels(dataset_folder, f"images{subset}", case_id, [image])
     sitk.WriteImage(label, os.path.join(dataset_folder, f"labels{subset}", f"{case_id}{FILE_ENDING}"))
+
+
+def write_channels(dataset_folder: str, images_folder: str, case_id: str, channels: Sequence[sitk.Image]) -> None:
+    """Write a case's channels as ``<case_id>_0000.nii.gz``, ``_0001`` ... into ``images_folder``."""
+    for index, channel in enumerate(channels):
+        sitk.WriteImage(channel, os.path.join(dataset_folder, images_folder, f"{case_id}_{index:04d}{FILE_ENDING}"))
 
 
 def progress(items: Sequence, description: str) -> tqdm:
@@ -153,11 +159,13 @@ def raw_dataset_path(dataset_id: int, name: str) -> str:
 
 @contextmanager
 def build_raw_dataset(dataset_id: int, name: str, train_ids: Sequence[str], test_ids: Sequence[str],
-                      splits: Optional[List[Fold]], overwrite: bool, **dataset_json) -> Iterator[str]:
+                      splits: Optional[List[Fold]], overwrite: bool, unlabeled_ids: Sequence[str] = (),
+                      file_ending: str = FILE_ENDING, **dataset_json) -> Iterator[str]:
     """Yield a staging folder holding dataset.json (``dataset_json`` are generate_dataset_json's arguments),
     splits_final.json (unless ``splits`` is None) and empty images/labels folders, for the caller to fill with
-    ``train_ids`` (Tr) and ``test_ids`` (Ts). When the block ends without error the staging folder replaces
-    ``nnUNet_raw/DatasetXXX_name``; see the module docstring for when that needs ``overwrite``."""
+    ``train_ids`` (Tr), ``test_ids`` (Ts) and ``unlabeled_ids`` (imagesUnlabeled). When the block ends without
+    error the staging folder replaces ``nnUNet_raw/DatasetXXX_name``; see the module docstring for when that needs
+    ``overwrite``."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     target = raw_dataset_path(dataset_id, name)
@@ -166,13 +174,16 @@ def build_raw_dataset(dataset_id: int, name: str, train_ids: Sequence[str], test
     stage = os.path.join(raw, f".{folder_name}.partial")  # the dot hides it from nnU-Net's id lookup
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        for subfolder in ["imagesTr", "labelsTr"] + (["imagesTs", "labelsTs"] if test_ids else []):
+        subfolders = (["imagesTr", "labelsTr"] + (["imagesTs", "labelsTs"] if test_ids else [])
+                      + (["imagesUnlabeled"] if unlabeled_ids else []))
+        for subfolder in subfolders:
             os.makedirs(os.path.join(stage, subfolder))
-        generate_dataset_json(stage, num_training_cases=len(train_ids), file_ending=FILE_ENDING,
+        generate_dataset_json(stage, num_training_cases=len(train_ids), file_ending=file_ending,
                               dataset_name=folder_name, **dataset_json)
         if splits is not None:
             write_splits(os.path.join(stage, "splits_final.json"), splits)
-        difference = _difference(target, stage, train_ids, test_ids) if os.path.isdir(target) else ""
+        cases = {"imagesTr": train_ids, "imagesTs": test_ids, "imagesUnlabeled": unlabeled_ids}
+        difference = _difference(target, stage, cases, file_ending) if os.path.isdir(target) else ""
         if difference and not overwrite:
             raise SSLConfigError(f"{target} already holds a different dataset ({difference}). "
                                  f"Pass --overwrite to replace it.")
@@ -206,14 +217,15 @@ def _other_names_for_id(dataset_id: int, folder_name: str, overwrite: bool) -> L
     return in_raw
 
 
-def _difference(existing: str, new: str, train_ids: Sequence[str], test_ids: Sequence[str]) -> str:
-    """Why the existing dataset folder differs from the staged one, or "" when it does not."""
+def _difference(existing: str, new: str, cases: Dict[str, Sequence[str]], file_ending: str) -> str:
+    """Why the existing dataset folder differs from the staged one (whose image folders will hold ``cases``),
+    or "" when it does not."""
     reasons = []
     if _json_or_none(os.path.join(existing, "dataset.json")) != _json_or_none(os.path.join(new, "dataset.json")):
         reasons.append("another dataset.json")
-    for subset, ids in (("Tr", train_ids), ("Ts", test_ids)):
-        if _case_ids(os.path.join(existing, f"images{subset}")) != set(ids):
-            reasons.append(f"other cases in images{subset}")
+    for images_folder, ids in cases.items():
+        if _case_ids(os.path.join(existing, images_folder), file_ending) != set(ids):
+            reasons.append(f"other cases in {images_folder}")
     if (_json_or_none(os.path.join(existing, "splits_final.json"))
             != _json_or_none(os.path.join(new, "splits_final.json"))):
         reasons.append("another splits_final.json")
@@ -228,8 +240,8 @@ def _json_or_none(path: str):
         return None
 
 
-def _case_ids(images_folder: str) -> set:
-    suffix = f"_0000{FILE_ENDING}"
+def _case_ids(images_folder: str, file_ending: str) -> set:
+    suffix = f"_0000{file_ending}"
     if not os.path.isdir(images_folder):
         return set()
     return {f[:-len(suffix)] for f in os.listdir(images_folder) if f.endswith(suffix)}

@@ -2,9 +2,11 @@
 
 Metrics (per case, per foreground label):
   Dice, IoU           overlap of the prediction and reference masks of the label.
-  HD95, ASD           surface distances in mm, using the spacing in the reference file's header.
-  HD95_vox, ASD_vox   the same in voxels (spacing 1), the unit of the SSL papers' tables (UA-MT, LeFeD and SSL4MIS
-                      call medpy's hd95/asd without spacing).
+  HD95, ASD           surface distances in mm, using the spacing in the reference file's header; left out for
+                      formats without spacing (PNG, BMP, 2D TIFF: nnU-Net's natural-image reader).
+  HD95_vox, ASD_vox   the same in voxels or pixels (spacing 1), the unit of the SSL papers' tables (UA-MT, LeFeD
+                      and SSL4MIS call medpy's hd95/asd without spacing).
+  Axes of size 1 (a 2D image stored as one slice) are dropped first, so a 2D image is measured in 2D.
   HD95 is medpy's hd95: the 95th percentile of the surface distances in both directions. ASD is medpy's asd: the
   mean distance from the prediction's surface voxels to the reference surface (directed, prediction -> reference),
   which is what those papers call ASD; it is not the symmetric ASSD.
@@ -18,15 +20,19 @@ Empty masks (per case and label):
   so no constant is made up here: report n_undefined next to the distance means. Unlike nnU-Net's summary.json,
   where Dice is NaN when both masks are empty, this rule scores that case as perfect.
 
-Files: NIfTI (.nii.gz, .nii), .nrrd, .mha and .gipl, read with SimpleITK. Predictions and references are matched by
-case name (the file name without its ending).
+Files: every format nnU-Net reads (NIfTI, .nrrd, .mha, .gipl, PNG, BMP, TIFF, ...), read with nnU-Net's own
+reader/writer classes, chosen as nnU-Net chooses them: from the dataset.json given with -djfile (its file_ending and
+overwrite_image_reader_writer), else from each file's ending. Predictions and references are matched by case name
+(the file name without its ending).
 
 Output: a JSON laid out like nnU-Net's summary.json (foreground_mean, mean, metric_per_case with labels as string
 keys) plus std (population std over cases) and n_undefined per label, and a CSV beside it (same stem) with one row
 per case and label.
 """
 import argparse
+import contextlib
 import csv
+import io
 import json
 import math
 import multiprocessing
@@ -36,13 +42,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 from medpy.metric.binary import asd, hd95
 from nnunetv2.configuration import default_num_processes
 from tqdm import tqdm
 
 from nnunet_ssl.errors import SSLConfigError
-from nnunet_ssl.image_files import IMAGE_ENDINGS, case_files
+from nnunet_ssl.image_files import IMAGE_ENDINGS, case_files, ending_of
 
 DISTANCE_METRICS = ("HD95", "ASD", "HD95_vox", "ASD_vox")
 METRICS = ("Dice", "IoU") + DISTANCE_METRICS
@@ -50,27 +55,34 @@ DEFAULT_NUM_PROCESSES = min(default_num_processes, os.cpu_count() or 1)
 
 
 def compute_case_metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int],
-                         spacing: Sequence[float]) -> Dict[int, Dict[str, float]]:
-    """Metrics of one case per label; ``spacing`` is in the arrays' axis order. Undefined distances are NaN."""
+                         spacing: Optional[Sequence[float]]) -> Dict[int, Dict[str, float]]:
+    """Metrics of one case per label; ``spacing`` is in the arrays' axis order, None for a format without
+    spacing (then no distances in mm). Undefined distances are NaN."""
+    kept = [axis for axis, size in enumerate(ref.shape) if size > 1] or [0]
+    # medpy takes the volume's outside as background, so along an axis of size 1 every voxel would be surface
+    pred, ref = pred.reshape([pred.shape[a] for a in kept]), ref.reshape([ref.shape[a] for a in kept])
+    spacing = None if spacing is None else [spacing[a] for a in kept]
     return {label: _label_metrics(pred == label, ref == label, spacing) for label in labels}
 
 
-def _label_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
+def _label_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray,
+                   spacing: Optional[Sequence[float]]) -> Dict[str, float]:
+    distances = DISTANCE_METRICS if spacing is not None else ("HD95_vox", "ASD_vox")
     n_pred, n_ref = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask))
     if n_pred == 0 and n_ref == 0:
-        return {"Dice": 1.0, "IoU": 1.0, **dict.fromkeys(DISTANCE_METRICS, 0.0)}
+        return {"Dice": 1.0, "IoU": 1.0, **dict.fromkeys(distances, 0.0)}
     intersection = int(np.count_nonzero(pred_mask & ref_mask))
     overlap = {"Dice": 2 * intersection / (n_pred + n_ref),
                "IoU": intersection / (n_pred + n_ref - intersection)}
     if n_pred == 0 or n_ref == 0:
-        return {**overlap, **dict.fromkeys(DISTANCE_METRICS, math.nan)}
+        return {**overlap, **dict.fromkeys(distances, math.nan)}
     # Cropping to the bounding box of both masks changes no distance (every surface voxel stays inside, and what lies
     # outside is background) but makes medpy's full-volume distance transforms cost the size of the structure.
     box = _bounding_box(pred_mask | ref_mask)
     pred_mask, ref_mask = pred_mask[box], ref_mask[box]
-    return {**overlap,
-            "HD95": float(hd95(pred_mask, ref_mask, voxelspacing=spacing)),
-            "ASD": float(asd(pred_mask, ref_mask, voxelspacing=spacing)),
+    in_mm = {} if spacing is None else {"HD95": float(hd95(pred_mask, ref_mask, voxelspacing=spacing)),
+                                        "ASD": float(asd(pred_mask, ref_mask, voxelspacing=spacing))}
+    return {**overlap, **in_mm,
             "HD95_vox": float(hd95(pred_mask, ref_mask)),
             "ASD_vox": float(asd(pred_mask, ref_mask))}
 
@@ -91,18 +103,41 @@ def evaluate_folders(pred_dir: str, ref_dir: str, output_json: Optional[str] = N
     if output_json is not None and not str(output_json).endswith(".json"):
         raise SSLConfigError(f"output file {output_json} must end with .json")
     pairs = _match_cases(pred_dir, ref_dir, chill)
+    reader = _readers([path for pair in pairs.values() for path in pair], dataset_json)
     if labels is None:
         labels = _labels_from_dataset_json(dataset_json) if dataset_json else _labels_in_references(
-            [ref for _, ref in pairs.values()], num_processes)
+            [(ref, reader[ending_of(ref)]) for _, ref in pairs.values()], num_processes)
     labels = sorted(int(label) for label in labels)
     if not labels:
         raise SSLConfigError(f"no foreground label to evaluate (the references in {ref_dir} contain only 0)")
-    jobs = [(pred, ref, labels) for pred, ref in pairs.values()]
+    jobs = [(pred, ref, labels, reader[ending_of(pred)], reader[ending_of(ref)]) for pred, ref in pairs.values()]
     per_case = _map(_evaluate_case, jobs, num_processes, "evaluating")
     summary = _nan_to_none(_summarise(per_case, labels))
     if output_json is not None:
         _write_outputs(summary, list(pairs), Path(output_json))
     return summary
+
+
+def _readers(files: List[str], dataset_json: Optional[str]) -> Dict[str, type]:
+    """nnU-Net's reader/writer class for each file ending among ``files``, chosen as nnU-Net chooses it: from
+    dataset.json (if given and its file_ending matches), else from the ending, trying an example file."""
+    from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_from_dataset_json,
+                                                         determine_reader_writer_from_file_ending)
+
+    dataset = _read_json(dataset_json) if dataset_json else {}
+    readers = {}
+    for ending in sorted({ending_of(f) for f in files}):
+        example = next(f for f in files if ending_of(f) == ending)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                if dataset.get("file_ending", "").lower() == ending.lower():
+                    readers[ending] = determine_reader_writer_from_dataset_json(dataset, example, verbose=False)
+                else:
+                    readers[ending] = determine_reader_writer_from_file_ending(
+                        ending.lower(), example, allow_nonmatching_filename=True, verbose=False)
+            except RuntimeError:
+                raise SSLConfigError(f"no nnU-Net reader can read {example}") from None
+    return readers
 
 
 def _match_cases(pred_dir: str, ref_dir: str, chill: bool) -> Dict[str, Tuple[str, str]]:
@@ -121,45 +156,55 @@ def _match_cases(pred_dir: str, ref_dir: str, chill: bool) -> Dict[str, Tuple[st
     return {case: (predictions[case], references[case]) for case in sorted(predictions)}
 
 
-def _labels_from_dataset_json(path: str) -> List[int]:
+def _read_json(path: str) -> dict:
     try:
         with open(path) as file:
-            label_values = json.load(file)["labels"]
-    except (OSError, ValueError, KeyError) as error:
-        raise SSLConfigError(f"cannot read the 'labels' of {path}: {error!r}") from error
+            return json.load(file)
+    except (OSError, ValueError) as error:
+        raise SSLConfigError(f"cannot read {path}: {error!r}") from error
+
+
+def _labels_from_dataset_json(path: str) -> List[int]:
+    label_values = _read_json(path).get("labels")
+    if not isinstance(label_values, dict):
+        raise SSLConfigError(f"{path} has no 'labels'")
     if any(not isinstance(value, int) for value in label_values.values()):
         raise SSLConfigError(f"{path} defines region-based labels, which nnunet_ssl_evaluate does not support; "
                              "pass the labels to evaluate with -l")
     return [value for name, value in label_values.items() if value != 0 and name != "ignore"]
 
 
-def _labels_in_references(reference_files: List[str], num_processes: int) -> List[int]:
-    found = _map(_reference_labels, reference_files, num_processes, "reading reference labels")
+def _labels_in_references(references: List[Tuple[str, type]], num_processes: int) -> List[int]:
+    found = _map(_reference_labels, references, num_processes, "reading reference labels")
     return sorted(set().union(*found) - {0})
 
 
-def _reference_labels(reference_file: str) -> set:
-    return {int(value) for value in np.unique(_read_segmentation(reference_file)[0])}
+def _reference_labels(job: Tuple[str, type]) -> set:
+    return {int(value) for value in np.unique(_read_segmentation(*job)[0])}
 
 
-def _evaluate_case(job: Tuple[str, str, List[int]]) -> dict:
-    pred_file, ref_file, labels = job
-    pred, _ = _read_segmentation(pred_file)
-    ref, spacing = _read_segmentation(ref_file)
+def _evaluate_case(job: Tuple[str, str, List[int], type, type]) -> dict:
+    pred_file, ref_file, labels, pred_reader, ref_reader = job
+    pred, _ = _read_segmentation(pred_file, pred_reader)
+    ref, spacing = _read_segmentation(ref_file, ref_reader)
     if pred.shape != ref.shape:
-        raise SSLConfigError(f"prediction {pred_file} has shape {pred.shape} (z,y,x) but reference {ref_file} has "
+        raise SSLConfigError(f"prediction {pred_file} has shape {pred.shape} but reference {ref_file} has "
                              f"shape {ref.shape}")
     return {"prediction_file": pred_file, "reference_file": ref_file,
             "metrics": compute_case_metrics(pred, ref, labels, spacing)}
 
 
-def _read_segmentation(path: str) -> Tuple[np.ndarray, Tuple[float, ...]]:
-    """The label array and its spacing, both in numpy's axis order (SimpleITK's GetSpacing is in x,y,z order)."""
+def _read_segmentation(path: str, reader: type) -> Tuple[np.ndarray, Optional[Tuple[float, ...]]]:
+    """The label array and its spacing (None for formats without spacing), both in nnU-Net's axis order."""
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
     try:
-        image = sitk.ReadImage(path)
-    except RuntimeError as error:
-        raise SSLConfigError(f"cannot read {path}: {error}") from error
-    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
+        with contextlib.redirect_stdout(io.StringIO()):
+            segmentation, properties = reader().read_seg(path)
+    except Exception as error:
+        raise SSLConfigError(f"cannot read {path} with nnU-Net's {reader.__name__}: {error}") from error
+    spacing = None if issubclass(reader, NaturalImage2DIO) else tuple(float(s) for s in properties["spacing"])
+    return segmentation[0], spacing
 
 
 def _map(function, items: list, num_processes: int, description: str) -> list:
@@ -171,14 +216,18 @@ def _map(function, items: list, num_processes: int, description: str) -> list:
 
 
 def _summarise(per_case: List[dict], labels: List[int]) -> dict:
+    metrics = list(per_case[0]["metrics"][labels[0]])
+    if any(list(m) != metrics for case in per_case for m in case["metrics"].values()):
+        raise SSLConfigError("some references have a spacing and others not (mixed file formats); evaluate them "
+                             "separately")
     mean, std, n_undefined = {}, {}, {}
     for label in labels:
-        values = {metric: np.array([case["metrics"][label][metric] for case in per_case]) for metric in METRICS}
+        values = {metric: np.array([case["metrics"][label][metric] for case in per_case]) for metric in metrics}
         defined = {metric: column[~np.isnan(column)] for metric, column in values.items()}
         mean[str(label)] = {metric: column.mean() if column.size else math.nan for metric, column in defined.items()}
         std[str(label)] = {metric: column.std() if column.size else math.nan for metric, column in defined.items()}
-        n_undefined[str(label)] = int(np.isnan(values["HD95"]).sum())
-    foreground_mean = {metric: _mean_of_defined([means[metric] for means in mean.values()]) for metric in METRICS}
+        n_undefined[str(label)] = int(np.isnan(values["HD95_vox"]).sum())
+    foreground_mean = {metric: _mean_of_defined([means[metric] for means in mean.values()]) for metric in metrics}
     for case in per_case:
         case["metrics"] = {str(label): metrics for label, metrics in case["metrics"].items()}
     return {"foreground_mean": foreground_mean, "mean": mean, "std": std, "n_undefined": n_undefined,
@@ -207,16 +256,17 @@ def _write_outputs(summary: dict, cases: List[str], output_json: Path) -> None:
         json.dump(summary, file, indent=2, allow_nan=False)
     with open(output_json.with_suffix(".csv"), "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(("case", "label") + METRICS)
+        metrics = list(summary["foreground_mean"])
+        writer.writerow(["case", "label"] + metrics)
         for case, record in zip(cases, summary["metric_per_case"]):
-            for label, metrics in record["metrics"].items():
-                writer.writerow([case, label] + ["" if metrics[m] is None else metrics[m] for m in METRICS])
+            for label, values in record["metrics"].items():
+                writer.writerow([case, label] + ["" if values[m] is None else values[m] for m in metrics])
 
 
 def _print_means(summary: dict) -> None:
     for label, means in summary["mean"].items():
         stds = summary["std"][label]
-        cells = [f"{metric} {_format(means[metric])} ± {_format(stds[metric])}" for metric in METRICS]
+        cells = [f"{metric} {_format(means[metric])} ± {_format(stds[metric])}" for metric in means]
         undefined = summary["n_undefined"][label]
         note = f"  ({undefined} case(s) with one empty mask: distances undefined)" if undefined else ""
         print(f"label {label}: " + ", ".join(cells) + note)
@@ -238,7 +288,8 @@ def _build_parser() -> argparse.ArgumentParser:
     label_source.add_argument("-l", "--labels", type=int, nargs="+", default=None,
                               help="labels to evaluate (default: the non-zero values found in the references)")
     label_source.add_argument("-djfile", dest="dataset_json", default=None,
-                              help="dataset.json whose 'labels' give the labels to evaluate (0 and 'ignore' left out)")
+                              help="dataset.json whose 'labels' give the labels to evaluate (0 and 'ignore' left "
+                                   "out) and whose file_ending / overwrite_image_reader_writer choose nnU-Net's reader")
     parser.add_argument("-np", dest="num_processes", type=int, default=DEFAULT_NUM_PROCESSES,
                         help="number of worker processes (default: nnUNet_def_n_proc or 8, capped at the CPU count: "
                              f"{DEFAULT_NUM_PROCESSES} here)")
@@ -257,6 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     _print_means(summary)
+    if "HD95" not in summary["foreground_mean"]:
+        print("surface distances in pixels only: the files carry no spacing")
     print(f"wrote {output_json} and {Path(output_json).with_suffix('.csv')}")
     return 0
 

@@ -1,4 +1,9 @@
-"""All nnunet-ssl trainers. nnU-Net finds every name in ``__all__`` by class name through ``nnunet_ssl/_ext``."""
+"""All nnunet-ssl trainers. nnU-Net finds every name in ``__all__`` by class name through ``nnunet_ssl/_ext``.
+
+Importing them (as nnU-Net's trainer search does in ``nnUNetv2_train``) makes an uncaught SSLConfigError print as
+one message instead of a traceback (see :mod:`nnunet_ssl.errors`).
+"""
+from nnunet_ssl.errors import install_excepthook
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
 from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
@@ -6,5 +11,7 @@ from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_ssl.trainers.pseudo_label import nnUNetTrainerPseudoLabel
 from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT, nnUNetTrainerUADCT_paper
+
+install_excepthook()
 
 __all__ = sorted(name for name in dir() if name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSSLBase")

@@ -12,6 +12,7 @@
 All SSL state lives inside ``self.network`` (second network, teacher, extra decoder), so nnU-Net's own
 checkpoints hold it and ``--c`` restores it with nnU-Net's code.
 """
+import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,10 +35,16 @@ from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.losses import sigmoid_rampup
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.containers import PRETRAINED_NETWORKS
-from nnunet_ssl.splits import check_fold, read_splits
+from nnunet_ssl.splits import check_enough_cases_for_default_split, check_fold, read_splits
 from nnunet_ssl.trainers.logging import SSLLocalLogger
 
 pretrained.install()
+
+#: nnU-Net's training settings that its ``__init__`` assigns on the instance. A subclass that sets one as a class
+#: attribute (``num_epochs = 100``) gets it applied after nnU-Net's ``__init__``, which would otherwise shadow it.
+NNUNET_INIT_SETTINGS = ("initial_lr", "weight_decay", "oversample_foreground_percent", "probabilistic_oversampling",
+                        "num_iterations_per_epoch", "num_val_iterations_per_epoch", "num_epochs",
+                        "enable_deep_supervision")
 
 
 class nnUNetTrainerSSLBase(nnUNetTrainer):
@@ -63,6 +70,9 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        for name in NNUNET_INIT_SETTINGS:
+            if hasattr(type(self), name):
+                setattr(self, name, getattr(type(self), name))
         if self.is_cascaded:
             raise SSLConfigError(f"configuration '{configuration}' is a cascade stage; semi-supervised trainers "
                                  f"support 2d, 3d_fullres and 3d_lowres (unlabeled cases have no previous-stage "
@@ -111,6 +121,20 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         else:
             self.batch_size_unlabeled = global_unlabeled
 
+    def do_split(self):
+        """nnU-Net's split, after checking that its default 5-fold split can be made (scikit-learn fails inside it
+        on fewer cases than folds)."""
+        if self.fold != "all" and not os.path.isfile(self._splits_file()):
+            if self.dataset_class is None:
+                self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+            check_enough_cases_for_default_split(
+                self.dataset_class.get_identifiers(self.preprocessed_dataset_folder), self._splits_file(),
+                self.plans_manager.dataset_name, self.configuration_name, self.fold, type(self).__name__)
+        return super().do_split()
+
+    def _splits_file(self) -> str:
+        return os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
+
     def _split_file_unlabeled(self) -> list:
         """The fold's ``unlabeled`` list of splits_final.json (empty if none), checked against train/val."""
         splits_file = f"{self.preprocessed_dataset_folder_base}/splits_final.json"
@@ -137,8 +161,11 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         return list(splits[self.fold].get("unlabeled", []))
 
     def get_unlabeled_dataset(self, labeled_ids) -> UnlabeledImages:
+        plans = self.plans_manager.plans_name
+        command = (f"nnunet_ssl_preprocess_unlabeled -d {self.plans_manager.dataset_name} "
+                   f"-c {self.configuration_name}" + (f" -p {plans}" if plans != "nnUNetPlans" else ""))
         self.unlabeled_cases = collect_unlabeled_cases(self.preprocessed_dataset_folder,
-                                                       self._split_file_unlabeled(), labeled_ids)
+                                                       self._split_file_unlabeled(), labeled_ids, command)
         return UnlabeledImages(self.unlabeled_cases)
 
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
