@@ -43,6 +43,7 @@ def test_check_command_reports_ok_and_explains_failures(tmp_path):
                         text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "[ok] trainer discovery: nnU-Net finds" in ok.stdout
+    assert len(ok.stdout.splitlines()) == 4 and not ok.stderr.strip(), "four verdicts, not nnU-Net's trainer search"
     broken = subprocess.run([bin_path("nnunet_ssl_check")], env=dict(environment, NNUNET_SSL_NO_AUTOREGISTER="1"),
                             capture_output=True, text=True)
     assert broken.returncode == 1

@@ -44,9 +44,10 @@ def write_scan(folder, name):
 
 @pytest.mark.parametrize("files, message", [
     (["scan_0000.nii"], r"scan_0000\.nii: expected a name like case_0000\.nii\.gz"),
-    (["scan_0001.nii.gz"], "'scan' .* has channel files 0001; the dataset has 1 channel"),
-    (["scan_0000.nii.gz", "scan_0001.nii.gz"], "'scan' .* has channel files 0000, 0001"),
+    (["scan_0001.nii.gz"], r"'scan' .* has the files 0001; the labeled cases have 1 file\(s\) per case \(0000\)"),
+    (["scan_0000.nii.gz", "scan_0001.nii.gz"], "'scan' .* has the files 0000, 0001"),
     ([], "holds no images"),
+    (["case_001_0000.nii.gz"], "case_001 in imagesUnlabeled have the id of labeled cases in imagesTr"),
 ])
 def test_bad_file_names_and_channel_counts_name_the_file(dataset, files, message):
     for name in files:
@@ -55,10 +56,21 @@ def test_bad_file_names_and_channel_counts_name_the_file(dataset, files, message
         preprocess_unlabeled("994", "2d", num_processes=1)
 
 
-def test_unreadable_scan_is_named(dataset):
+def test_unreadable_scan_is_named_and_leaves_no_output_folder(dataset):
     with open(os.path.join(dataset, "broken_0000.nii.gz"), "wb") as f:
         f.write(b"not a nifti file")
+    write_scan(dataset, "good_0000.nii.gz")
     with pytest.raises(SSLConfigError, match="could not preprocess .*broken_0000.nii.gz"):
+        preprocess_unlabeled("994", "2d", num_processes=1)
+    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset994_BadInput")
+    assert not [f for f in os.listdir(preprocessed) if "unlabeled" in f], "a failed run must leave no folder behind"
+
+
+def test_a_labeled_image_copied_into_imagesUnlabeled_is_caught(dataset):
+    labeled = os.path.join(os.path.dirname(dataset), "imagesTr", "case_003_0000.nii.gz")
+    shutil.copy(labeled, os.path.join(dataset, "extra_scan_0000.nii.gz"))
+    with pytest.raises(SSLConfigError, match=r"extra_scan_0000.nii.gz is a copy of the labeled image "
+                                             r".*case_003_0000.nii.gz"):
         preprocess_unlabeled("994", "2d", num_processes=1)
 
 

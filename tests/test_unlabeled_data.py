@@ -48,11 +48,22 @@ def write_fold0(env, dataset, fold):
 
 
 def test_no_unlabeled_source_fails_with_instructions(ssl_env, monkeypatch, split_dataset):
+    """Raw scans waiting in imagesUnlabeled/ get the command that preprocesses them; else both ways are named."""
     write_fold0(ssl_env, split_dataset, {"train": ["case_000", "case_001"], "val": ["case_002"]})
     trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerMeanTeacher, dataset=split_dataset)
     trainer.initialize()
-    with pytest.raises(SSLConfigError, match="(?s)does not fall back to supervised.*imagesUnlabeled.*nnunet_ssl_split"):
+    with pytest.raises(SSLConfigError, match=r"(?s)does not fall back to supervised.*4 scan file\(s\) wait in "
+                                             r".*imagesUnlabeled.*nnunet_ssl_preprocess_unlabeled -d "
+                                             r"Dataset991_Splits -c 3d_fullres$"):
         trainer.get_dataloaders()
+    raw_unlabeled = os.path.join(ssl_env["nnUNet_raw"], split_dataset, "imagesUnlabeled")
+    os.rename(raw_unlabeled, raw_unlabeled + "_away")
+    try:
+        with pytest.raises(SSLConfigError, match="(?s)does not fall back to supervised.*imagesUnlabeled.*"
+                                                 "nnunet_ssl_split"):
+            trainer.get_dataloaders()
+    finally:
+        os.rename(raw_unlabeled + "_away", raw_unlabeled)
 
 
 def test_split_unlabeled_ids_overlapping_train_are_rejected(ssl_env, monkeypatch, split_dataset):
