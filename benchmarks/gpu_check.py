@@ -87,8 +87,9 @@ EXT_TRAINERS = textwrap.dedent('''
 
 
 def trainer_names() -> list:
+    """nnUNetTrainer and every nnunet-ssl trainer but self-training, which needs a teacher's pseudo-labels first."""
     import nnunet_ssl.trainers as trainers
-    return ["nnUNetTrainer"] + list(trainers.__all__)
+    return ["nnUNetTrainer"] + [name for name in trainers.__all__ if name != "nnUNetTrainerPseudoLabel"]
 
 
 def bin_path(name: str) -> str:
