@@ -70,10 +70,16 @@ def run(args, env, log_file=None):
     print(f"    done in {time.time() - start:.0f} s", flush=True)
 
 
-def trainer_names() -> list:
-    """nnU-Net's own trainer first, then every nnunet-ssl trainer (new ones are picked up automatically)."""
+#: trainers that can only start once a teacher has made pseudo-labels (``nnunet_ssl_pseudolabel``)
+NEEDS_PSEUDO_LABELS = ("nnUNetTrainerPseudoLabel",)
+
+
+def trainer_names(self_training: bool = False) -> list:
+    """nnU-Net's own trainer first, then every nnunet-ssl trainer (new ones are picked up automatically); the
+    self-training ones only when asked, as they need a teacher's pseudo-labels first."""
     import nnunet_ssl.trainers as trainers
-    return ["nnUNetTrainer"] + list(trainers.__all__)
+    return ["nnUNetTrainer"] + [name for name in trainers.__all__
+                                if self_training or name not in NEEDS_PSEUDO_LABELS]
 
 
 def test_case_ids(case_ids, fraction=TEST_FRACTION, seed=TEST_SEED) -> list:

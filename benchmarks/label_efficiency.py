@@ -20,8 +20,9 @@ Data (../shared/data):
 Rows: ``nnUNetTrainer`` (labeled cases only), ``nnUNetTrainer@3x`` (3x the iterations: shows whether the schedule
 has converged, and is the equal-optimizer-steps control for LeFeD's 3 passes), ``nnUNetTrainer@full`` (every
 training case of the fold with its label: the fully supervised ceiling), and every trainer of
-``nnunet_ssl.trainers.__all__`` (defaults and ``_paper`` variants). ``--trainers`` also takes the search
-candidates of ``benchmarks/candidates.py``.
+``nnunet_ssl.trainers.__all__`` (defaults and ``_paper`` variants), self-training (``nnUNetTrainerPseudoLabel``
+after ``nnunet_ssl_pseudolabel`` with the fold's nnUNetTrainer row as teacher: one round). ``--trainers`` also takes
+the search candidates of ``benchmarks/candidates.py``.
 
 Every row runs as a short-schedule variant (``<Trainer>_bench_<budget>``, written into the benchmark's own
 ``nnUNet_extTrainer`` folder): the budget's epochs x iterations and batch size for all, then nnU-Net's final
@@ -87,6 +88,8 @@ BUDGETS = {
 CONTROLS = {"nnUNetTrainer@3x": dict(base="nnUNetTrainer", epochs_factor=3, full=False),
             "nnUNetTrainer@full": dict(base="nnUNetTrainer", epochs_factor=1, full=True)}
 BASELINE, CEILING = "nnUNetTrainer", "nnUNetTrainer@full"
+#: self-training rows: one round, the teacher is the fold's labeled-only nnUNetTrainer row
+SELF_TRAINING = bc.NEEDS_PSEUDO_LABELS
 
 #: extra trainer classes for the search of defaults on validation cases (benchmarks/candidates.py), imported by the
 #: variants module like nnunet_ssl's trainers
@@ -226,6 +229,8 @@ def run_one(env, budget: dict, tag: str, row: str, fold: int, out: str, test_ima
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "commands.log")
     if not os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth")):
+        if row in SELF_TRAINING:
+            make_pseudo_labels(env, budget, tag, fold, os.path.dirname(out), test_images, test_labels, log)
         resume = ["--c"] if os.path.isfile(os.path.join(fold_dir, "checkpoint_latest.pth")) else []
         start = time.time()
         bc.run([bc.bin_path("nnUNetv2_train"), str(dataset["id"]), configuration, str(fold), "-tr", variant,
@@ -250,6 +255,21 @@ def run_one(env, budget: dict, tag: str, row: str, fold: int, out: str, test_ima
         bc.run([bc.bin_path("nnunet_ssl_evaluate"), pred, test_labels, "-o", scores, "-l", *labels, "-np", "2"],
                env, log)
     return fold_dir
+
+
+def make_pseudo_labels(env, budget: dict, tag: str, fold: int, fold_out: str, test_images: str, test_labels: str,
+                       log: str) -> None:
+    """The teacher (this fold's nnUNetTrainer row, trained first if needed) labels the fold's unlabeled cases with
+    ``nnunet_ssl_pseudolabel`` (resumable: pseudo-labels it already made are kept)."""
+    run_one(env, budget, tag, BASELINE, fold, os.path.join(fold_out, BASELINE), test_images, test_labels)
+    args = [bc.bin_path("nnunet_ssl_pseudolabel"), "-d", str(DATASETS[budget["dataset"]]["id"]),
+            "-c", budget["configuration"], "-f", str(fold), "-tr", variant_name(BASELINE, tag),
+            "-device", budget["device"], "--disable_progress_bar"]
+    if budget["device"] == "cpu":
+        args += ["-nps", "1"]
+    if not budget["tta"]:
+        args.append("--disable_tta")
+    bc.run(args, env, log)
 
 
 def pseudo_dice_curve(fold_dir: str):
@@ -390,9 +410,9 @@ def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> No
 
 
 def default_rows() -> list:
-    """nnUNetTrainer, its controls (where the budget has a split with unlabeled cases) and every nnunet-ssl
-    trainer (new ones are picked up from ``nnunet_ssl.trainers.__all__``)."""
-    return [BASELINE, *CONTROLS, *bc.trainer_names()[1:]]
+    """nnUNetTrainer, its controls and every nnunet-ssl trainer, self-training included (new ones are picked up
+    from ``nnunet_ssl.trainers.__all__``)."""
+    return [BASELINE, *CONTROLS, *bc.trainer_names(self_training=True)[1:]]
 
 
 def main(argv=None) -> None:

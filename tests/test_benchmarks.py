@@ -112,7 +112,8 @@ def test_label_efficiency_rows_map_to_trainer_variants():
     assert label_efficiency.split_tag({"fraction": 0.05}) == "f0.05"
     rows = label_efficiency.default_rows()
     assert rows[:3] == ["nnUNetTrainer", "nnUNetTrainer@3x", "nnUNetTrainer@full"]
-    assert "nnUNetTrainerDMD" in rows
+    assert "nnUNetTrainerDMD" in rows and "nnUNetTrainerPseudoLabel" in rows
+    assert "nnUNetTrainerPseudoLabel" not in bench_common.trainer_names(), "the step benchmark has no teacher"
 
 
 def test_label_efficiency_reads_labeled_counts_and_rejects_folds_missing_from_the_split(tmp_path):
