@@ -232,12 +232,12 @@ def run_one(env, budget: dict, tag: str, row: str, fold: int, out: str, test_ima
         if row in SELF_TRAINING:
             make_pseudo_labels(env, budget, tag, fold, os.path.dirname(out), test_images, test_labels, log)
         resume = ["--c"] if os.path.isfile(os.path.join(fold_dir, "checkpoint_latest.pth")) else []
-        start = time.time()
+        start, provenance = time.time(), bc.provenance({"split": SPLIT_SEED})  # the code the run starts with
         bc.run([bc.bin_path("nnUNetv2_train"), str(dataset["id"]), configuration, str(fold), "-tr", variant,
                 "-device", budget["device"], *resume], env, log)
         with open(os.path.join(out, "train_meta.json"), "w") as f:
-            json.dump({"seconds": time.time() - start, "resumed": bool(resume),
-                       "provenance": bc.provenance({"split": SPLIT_SEED})}, f, indent=1)
+            json.dump({"seconds": time.time() - start, "resumed": bool(resume), "provenance": provenance}, f,
+                      indent=1)
     pred = os.path.join(out, "pred")
     n_test = len(glob.glob(os.path.join(test_images, "*.nii.gz")))
     if len(glob.glob(os.path.join(pred, "*.nii.gz"))) < n_test:
