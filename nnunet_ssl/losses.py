@@ -13,10 +13,11 @@ def sigmoid_rampup(progress: float, length: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
-def probabilities(logits: torch.Tensor, regions: bool) -> torch.Tensor:
-    """Per-voxel class probabilities in float32: softmax over channels, or sigmoid per region channel."""
+def probabilities(logits: torch.Tensor, regions: bool, channel_dim: int = 1) -> torch.Tensor:
+    """Per-voxel class probabilities in float32: softmax over the channels (dimension ``channel_dim``), or sigmoid
+    per region channel."""
     logits = logits.float()
-    return torch.sigmoid(logits) if regions else torch.softmax(logits, dim=1)
+    return torch.sigmoid(logits) if regions else torch.softmax(logits, dim=channel_dim)
 
 
 def softmax_mse(logits_a: torch.Tensor, logits_b: torch.Tensor, regions: bool = False) -> torch.Tensor:

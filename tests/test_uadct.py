@@ -124,10 +124,44 @@ def test_head_samples_equal_full_forward_passes_with_the_same_mask(dim):
     x = torch.randn(2, 1, *[8] * dim)
     full_pass = unet(x)[0]
     chunks = list(head_dropout_samples(unet, take_head_input(unet), samples=7, chunk_size=3))
-    assert [c.shape[0] for c in chunks] == [6, 6, 2]  # 3 + 3 + 1 samples of a batch of 2
+    assert [c.shape[:2] for c in chunks] == [(2, 3), (2, 3), (2, 1)]  # 3 + 3 + 1 samples of a batch of 2
     for chunk in chunks:
-        for sample in chunk.unflatten(0, (-1, 2)):
+        for sample in chunk.unbind(1):
             assert torch.allclose(sample, full_pass, atol=1e-6)
+
+
+def materialised_head_samples(unet, head_input, samples, chunk_size):
+    """The straightforward formula: the head on ``k`` dropout-masked copies of its input per chunk, in the layout
+    of :func:`head_dropout_samples`."""
+    head = full_resolution_head(unet)
+    with torch.no_grad():
+        for start in range(0, samples, chunk_size):
+            k = min(chunk_size, samples - start)
+            copies = head_input.repeat(k, *[1] * (head_input.ndim - 1))
+            yield head.forward(head.mc_dropout.dropout(copies)).unflatten(0, (k, -1)).transpose(0, 1)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_head_samples_are_the_head_on_masked_copies_with_the_same_random_masks(dim):
+    torch.manual_seed(0)
+    unet = add_head_dropout(plain_unet(dim), 0.5).train()
+    unet(torch.randn(3, 1, *[8] * dim))
+    head_input = take_head_input(unet)
+    torch.manual_seed(7)
+    samples = list(head_dropout_samples(unet, head_input, samples=5, chunk_size=2))
+    torch.manual_seed(7)
+    expected = list(materialised_head_samples(unet, head_input, samples=5, chunk_size=2))
+    assert [s.shape for s in samples] == [e.shape for e in expected]
+    assert [s.shape[1] for s in samples] == [2, 2, 1]
+    for sample, reference in zip(samples, expected):
+        assert torch.allclose(sample, reference, atol=1e-5)
+    all_samples = torch.cat(samples, 1)
+    assert not torch.allclose(all_samples[:, 0], all_samples[:, 1], atol=1e-3), "masks differ between samples"
+    assert not torch.allclose(all_samples[0], all_samples[1], atol=1e-3), "and between batch elements"
+    # dropout is Bernoulli(1 - p) per channel, scaled by 1 / (1 - p)
+    torch.manual_seed(3)
+    masks = full_resolution_head(unet).mc_dropout.dropout(torch.ones(4000, 4, *[1] * dim))
+    assert set(masks.unique().tolist()) == {0.0, 2.0} and masks.mean().item() == pytest.approx(1.0, abs=0.03)
 
 
 def test_mc_samples_carry_no_gradient():
@@ -297,6 +331,29 @@ def test_both_terms_reach_both_networks_and_combine_with_the_rampup(consistency_
     assert total.item() == pytest.approx(sup.item() + rampup * cons.item(), rel=1e-5)
     assert 0 < terms["uncertainty_labeled"].item() <= 1 and 0 < terms["uncertainty_unlabeled"].item() <= 1
     assert {"sup", "cons", "cons_weight", "uncertainty_labeled", "uncertainty_unlabeled"} == set(logged)
+
+
+def test_step_losses_and_gradients_are_those_of_materialised_head_samples(monkeypatch):
+    torch.manual_seed(0)
+    network = build().train()
+    trainer = stub_trainer(network, epoch=5)
+    data, target, unlabeled = step_inputs()
+    results = []
+    for samples in (head_dropout_samples, materialised_head_samples):
+        monkeypatch.setattr("nnunet_ssl.trainers.uadct.head_dropout_samples", samples)
+        network.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        total, logged = trainer.compute_loss(data, target, unlabeled, batch={})
+        total.backward()
+        results.append((logged, [p.grad for p in network.parameters()]))
+    (logged, grads), (expected_logged, expected_grads) = results
+    for name in ("sup", "cons", "uncertainty_labeled", "uncertainty_unlabeled"):
+        assert logged[name].item() == pytest.approx(expected_logged[name].item(), rel=1e-5), name
+    assert expected_logged["uncertainty_unlabeled"].item() > 0.01, "the Monte Carlo samples matter"
+    assert [g is None for g in grads] == [g is None for g in expected_grads]
+    assert sum(g is not None for g in grads) > len(grads) / 2
+    for grad, expected in zip(grads, expected_grads):
+        assert grad is None or torch.allclose(grad, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_compiled_unet_keeps_its_head_input():

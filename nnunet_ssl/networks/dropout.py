@@ -13,7 +13,7 @@ the network in eval mode, without dropout.
 Being the network's only stochastic layer, it makes Monte Carlo sampling cheap and exact: T stochastic forward
 passes are T dropout masks on one head input. The hook keeps the head input of the last training forward
 (:func:`take_head_input`) and :func:`head_dropout_samples` draws further samples from it with the head alone (a
-1x1 convolution), which gives what re-running the whole network would.
+1x1 convolution, applied with masked weights), which gives what re-running the whole network would.
 """
 from typing import Iterator
 
@@ -71,14 +71,29 @@ def take_head_input(unet: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def head_dropout_samples(unet: nn.Module, head_input: torch.Tensor, samples: int,
                          chunk_size: int) -> Iterator[torch.Tensor]:
-    """Logits of ``samples`` Monte Carlo dropout samples from one head input, without gradient. The batch is
-    repeated along the batch dimension, ``chunk_size`` samples per call (bounds the memory); each chunk has shape
-    ``(k * B, C, ...)``, sample-major. The U-Net must be in training mode (dropout on)."""
+    """Logits of ``samples`` Monte Carlo dropout samples from one head input, without gradient, ``chunk_size``
+    samples per call (bounds the memory); each chunk has shape ``(B, k, C_out, ...)``. The U-Net must be in training
+    mode (dropout on).
+
+    The head is a 1x1 convolution and the dropout scales whole input channels (by 0 or ``1/(1-p)``), so sample s of
+    batch element b has the logits ``(W diag(m_sb)) x_b + bias``: the head's weights with their input columns scaled
+    by the mask, applied to the one head input as a batched matrix product. That gives the numbers of the head on
+    k masked copies of its input without writing those full-resolution copies. The masks are the dropout module's
+    own output on ones of shape ``(k * B, C_in, 1, ...)``, sample-major: the same random draws as the dropout of the
+    input repeated k times along the batch."""
     head = full_resolution_head(unet)
     if not head.training:
         raise RuntimeError("Monte Carlo dropout samples need the network in training mode (dropout is off in eval)")
-    repeat_rest = [1] * (head_input.ndim - 1)
+    batch, channels, spatial = head_input.shape[0], head_input.shape[1], head_input.shape[2:]
+    features = head_input.flatten(2)  # (B, C_in, voxels)
+    weight = head.weight.flatten(1)  # (C_out, C_in)
     for start in range(0, samples, chunk_size):
         k = min(chunk_size, samples - start)
-        # head.forward runs the convolution without the module's hooks: the dropout is applied here, once
-        yield head.forward(head.mc_dropout.dropout(head_input.repeat(k, *repeat_rest)))
+        masks = head.mc_dropout.dropout(head_input.new_ones((k * batch, channels) + (1,) * len(spatial)))
+        # (k, B, C_in) -> (B, k, 1, C_in) x (C_out, C_in) -> (B, k * C_out, C_in)
+        weights = (masks.view(k, batch, 1, channels).transpose(0, 1) * weight).flatten(1, 2).to(features.dtype)
+        if head.bias is None:
+            logits = torch.bmm(weights, features)
+        else:
+            logits = torch.baddbmm(head.bias.to(features.dtype).repeat(k)[:, None], weights, features)
+        yield logits.view(batch, k, -1, *spatial)

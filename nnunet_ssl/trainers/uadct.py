@@ -167,7 +167,7 @@ class nnUNetTrainerUADCT(nnUNetTrainerSSLBase):
         regions = self.label_manager.has_regions
         total = probabilities(logits.detach(), regions)
         for chunk in head_dropout_samples(unet, take_head_input(unet), self.mc_samples - 1, self.mc_chunk_size):
-            total += probabilities(chunk, regions).unflatten(0, (-1, logits.shape[0])).sum(0)
+            total += probabilities(chunk, regions, channel_dim=2).sum(1)
         return total / self.mc_samples
 
     def losses(self, data, target, data_unlabeled):
