@@ -180,13 +180,13 @@ def test_feature_perturbation_changes_predictions_only_in_training_and_adds_no_p
     assert net.state_dict().keys() == plain.state_dict().keys() and net.pretrainable_unets() == [net1]
     x = torch.randn((3, 1) + (8,) * dim)
 
-    out1, out2 = net.train()(x, n_perturbed=2)
+    (out1, perturbed1), (out2, perturbed2) = net.train()(x, n_perturbed=2)
     ref1, ref2 = plain.train()(x)
-    for out, ref in ((out1, ref1), (out2, ref2)):
-        assert [o.shape[0] for o in out] == [3 + 2 * 2] * len(ref)
-        assert all(torch.allclose(o[:3], r, atol=1e-5) for o, r in zip(out, ref))  # clean part unchanged
-        for perturbed in (out[0][3:5], out[0][5:7]):  # perturbed features of the last two samples
-            assert not torch.allclose(perturbed, ref[0][1:], atol=1e-3)
+    for out, perturbed, ref in ((out1, perturbed1, ref1), (out2, perturbed2, ref2)):
+        assert all(torch.allclose(o, r, atol=1e-5) for o, r in zip(out, ref))  # clean output unchanged
+        assert [p.shape[0] for p in perturbed] == [2 * 2] * len(ref)
+        for part in perturbed[0].split(2):  # perturbed features of the last two samples
+            assert not torch.allclose(part, ref[0][1:], atol=1e-3)
     assert all(torch.allclose(o, r, atol=1e-5) for o, r in zip(net(x)[0], ref1))  # n_perturbed = 0
 
     net.eval(), plain.eval()
@@ -247,15 +247,15 @@ def trainer_without_data(regions=False, **attributes):
     return trainer
 
 
-def step_inputs(regions, n_l=2, n_u=3):
+def step_inputs(regions, n_l=2, n_u=3, spatial=(16, 16)):
     """Exemplar patches far from the unlabeled ones in intensity, and strong views that differ per sample, so that
     pasted and mixed voxels can be recognised in the network input."""
     torch.manual_seed(1)
-    data = torch.randn(n_l, 1, 16, 16) + 100
-    seg = torch.rand(n_l, 2, 16, 16) > 0.5 if regions else torch.randint(0, 3, (n_l, 1, 16, 16)).to(torch.int16)
-    target = [seg, seg[:, :, ::2, ::2]]
-    weak = torch.randn(n_u, 1, 16, 16)
-    strong = torch.randn(n_u, 1, 16, 16) + 10 * torch.arange(1, n_u + 1)[:, None, None, None]
+    data = torch.randn(n_l, 1, *spatial) + 100
+    seg = torch.rand(n_l, 2, *spatial) > 0.5 if regions else torch.randint(0, 3, (n_l, 1, *spatial)).to(torch.int16)
+    target = [seg, seg[(..., *[slice(None, None, 2)] * len(spatial))]]
+    weak = torch.randn(n_u, 1, *spatial)
+    strong = torch.randn(n_u, 1, *spatial) + 10 * torch.arange(1, n_u + 1).view(-1, *[1] * (len(spatial) + 1))
     return data, target, weak, {"unlabeled": {"data": weak, STRONG_VIEW_KEY: strong}}
 
 
@@ -284,26 +284,60 @@ def test_step_supervises_each_network_with_the_other_networks_pseudo_labels_on_p
     if regions:
         exemplar = torch.cat((exemplar, torch.zeros_like(exemplar[:, :1])), 1)
     pseudo = []
-    for out in outputs:
+    for out, _ in outputs:
         labels, confident = confident_pseudo_labels(out[0][n_l + 2 * n_u:n_l + 3 * n_u], 0.6, regions)
         assert 0 < confident.sum() < confident.numel()
         pseudo.append(with_ignored(labels.to(exemplar.dtype), confident, regions, 3))
     assert len(calls) == 2 * 4  # per network: synthetic, strong, two feature perturbations
     for k, other in ((0, 1), (1, 0)):
         (syn_logits, syn_target), (img_logits, img_target), *fp = calls[4 * k:4 * k + 4]
-        full = outputs[k][0]
+        full, perturbed = outputs[k][0][0], outputs[k][1][0]
         assert torch.equal(syn_logits, full[n_l:n_l + n_u]) and torch.equal(img_logits, full[n_l + n_u:n_l + 2 * n_u])
         # the synthetic label is the exemplar's exactly where its image content was pasted, else pseudo-labels
         assert torch.equal(syn_target, torch.where(pasted, exemplar, pseudo[other]))
         assert torch.equal(img_target, torch.where(mixed, pseudo[other].roll(1, 0), pseudo[other]))
+        assert perturbed.shape[0] == 2 * n_u
         for j, (fp_logits, fp_target) in enumerate(fp):
-            start = n_l + (3 + j) * n_u
-            assert torch.equal(fp_logits, full[start:start + n_u]) and torch.equal(fp_target, pseudo[other])
+            assert torch.equal(fp_logits, perturbed[j * n_u:(j + 1) * n_u]) and torch.equal(fp_target, pseudo[other])
 
     weight = trainer.rampup()
     assert terms["unsup_weight"].item() == pytest.approx(weight) and 0 < weight < 1
     expected = 2 * (terms["sup"] + terms["syn"] + weight * (0.5 * terms["img"] + 0.5 * terms["fp"]))
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def one_batch_decode(unet, x, n_perturbed, perturbations):
+    """The straightforward formula: the clean skips and their perturbed tails concatenated into one batch, decoded
+    at once, the output split into the clean part and the perturbed one."""
+    skips = [torch.cat([s] + [perturb(s[-n_perturbed:]) for perturb in perturbations]) for s in unet.encoder(x)]
+    output = unet.decoder(skips)
+    return [o[:len(x)] for o in output], [o[len(x):] for o in output]
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_step_losses_and_gradients_are_those_of_one_batch_decoding(monkeypatch, dim):
+    trainer = trainer_without_data(confidence_threshold=0.6, cutmix_probability=1.0)
+    if dim == 3:
+        torch.manual_seed(0)
+        trainer.network = TwoNetworksWithFeaturePerturbation(tiny_unet(dim=3), tiny_unet(dim=3),
+                                                             [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
+    data, target, weak, batch = step_inputs(False, spatial=(16, 16) if dim == 2 else (8, 16, 16))
+    results = []
+    for decode in (None, one_batch_decode):
+        if decode is not None:
+            monkeypatch.setattr("nnunet_ssl.networks.feature_perturbation.decode_with_perturbed_features", decode)
+        trainer.network.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        total, terms = trainer.compute_loss(data, target, weak, batch)
+        total.backward()
+        results.append((total, terms, [p.grad for p in trainer.network.parameters()]))
+    (total, terms, grads), (expected_total, expected_terms, expected_grads) = results
+    assert total.item() == pytest.approx(expected_total.item(), rel=1e-5)
+    for name in ("sup", "syn", "img", "fp", "confident"):
+        assert terms[name].item() == pytest.approx(expected_terms[name].item(), rel=1e-5, abs=1e-7), name
+    assert expected_terms["fp"].item() > 0 and 0 < expected_terms["confident"].item() < 1
+    for grad, expected in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_every_parameter_of_both_networks_gets_a_gradient():

@@ -45,23 +45,31 @@ class UniformFeatureNoise(nn.Module):
 
 def decode_with_perturbed_features(unet: nn.Module, x: torch.Tensor, n_perturbed: int,
                                    perturbations: Sequence[nn.Module]):
-    """``unet``'s output for ``x``, followed by one more output per perturbation for the last ``n_perturbed``
-    samples of ``x``, decoded from their perturbed skips (every resolution, bottleneck included).
+    """``(output, perturbed)``: ``unet``'s output for ``x``, and the output decoded from the perturbed skips (every
+    resolution, bottleneck included) of the last ``n_perturbed`` samples of ``x``, one part per perturbation in
+    batch order ``[perturbation 1 of the tail, perturbation 2 of the tail, ...]`` (None without perturbed samples).
+    Outputs are what the decoder returns (a deep-supervision list or a tensor).
 
-    One encoder pass and one decoder pass over ``len(x) + len(perturbations) * n_perturbed`` samples (exact for
-    nnU-Net's per-sample InstanceNorm). Returns what the decoder returns (a deep-supervision list or a tensor),
-    batch order ``[x, perturbation 1 of the tail, perturbation 2 of the tail, ...]``."""
+    One encoder pass over ``x``, one decoder pass over ``x`` and one over the perturbed skips: the skips of ``x``
+    are decoded as they are, not copied into a batch with the perturbed ones. Per sample this is the decoder pass
+    over ``[x, perturbed tails]`` of one batch (exact for nnU-Net's per-sample InstanceNorm)."""
     skips = unet.encoder(x)
-    if n_perturbed and perturbations:
-        skips = [torch.cat([s] + [perturb(s[-n_perturbed:]) for perturb in perturbations]) for s in skips]
-    return unet.decoder(skips)
+    output = unet.decoder(skips)
+    if not (n_perturbed and perturbations):
+        return output, None
+    perturbed = []
+    for skip in skips:
+        tail = skip[-n_perturbed:]
+        parts = [perturb(tail) for perturb in perturbations]
+        perturbed.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+    return output, unet.decoder(perturbed)
 
 
 class TwoNetworksWithFeaturePerturbation(TwoNetworks):
     """Two U-Nets (see :class:`TwoNetworks`) whose training forward also decodes perturbed features:
-    ``forward(x, n_perturbed)`` returns, per network, :func:`decode_with_perturbed_features`. Eval mode and
-    ``n_perturbed=0`` behave exactly as :class:`TwoNetworks`. The perturbations hold no parameters, so the
-    state dict (``net1.*``, ``net2.*``) and ``pretrainable_unets()`` are those of :class:`TwoNetworks`."""
+    ``forward(x, n_perturbed)`` returns, per network, the pair ``(output, perturbed)`` of
+    :func:`decode_with_perturbed_features`. Eval mode and ``n_perturbed=0`` behave exactly as :class:`TwoNetworks`.
+    The perturbations hold no parameters, so the state dict (``net1.*``, ``net2.*``) and ``pretrainable_unets()`` are those of :class:`TwoNetworks`."""
 
     def __init__(self, net1: nn.Module, net2: nn.Module, perturbations: Sequence[nn.Module],
                  inference: str = "first", pretrained: str = "first"):
@@ -69,7 +77,7 @@ class TwoNetworksWithFeaturePerturbation(TwoNetworks):
         self.perturbations = nn.ModuleList(perturbations)
 
     def forward(self, x, n_perturbed: int = 0):
-        if not self.training:
+        if not self.training or not n_perturbed:
             return super().forward(x)
         return tuple(decode_with_perturbed_features(net, x, n_perturbed, self.perturbations)
                      for net in (self.net1, self.net2))

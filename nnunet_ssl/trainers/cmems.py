@@ -36,8 +36,8 @@ Our choices where the paper is unknown (all class attributes):
   two networks' pseudo-labels differ (``pretrained_networks = 'all'`` loads both);
 * inference: network 1 (``inference_mode = 'mean'`` averages both).
 
-Per step and network: one encoder pass over exemplar + synthetic + strong + weak patches and one decoder pass over
-those plus the perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 5 B_u`` decoder samples).
+Per step and network: one encoder pass over exemplar + synthetic + strong + weak patches, one decoder pass over
+those and one over the perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 5 B_u`` decoder samples).
 """
 from typing import Sequence, Tuple
 
@@ -70,7 +70,7 @@ def with_ignored(labels: torch.Tensor, keep: torch.Tensor, regions: bool, ignore
     ``keep``; regions with an appended last channel that is True where ignored."""
     if regions:
         return torch.cat((labels, ~keep), 1)
-    return torch.where(keep, labels, torch.full_like(labels, ignore_label))
+    return torch.where(keep, labels, ignore_label)
 
 
 def masked_segmentation_loss(regions: bool, batch_dice: bool, ignore_label: int):
@@ -89,7 +89,7 @@ def random_boxes(side_fractions: torch.Tensor, spatial_shape: Sequence[int]) -> 
     """One axis-aligned box per sample, ``round(fraction * size)`` voxels along every axis at a uniformly random
     position, as a bool mask (N, 1, *spatial_shape). A fraction of 0 gives an empty box."""
     n, device = side_fractions.shape[0], side_fractions.device
-    boxes = torch.ones((n, 1, *spatial_shape), dtype=torch.bool, device=device)
+    boxes = None
     for axis, size in enumerate(spatial_shape):
         side = torch.round(side_fractions * size).long()
         start = (torch.rand(n, device=device) * (size - side + 1)).long()
@@ -97,7 +97,8 @@ def random_boxes(side_fractions: torch.Tensor, spatial_shape: Sequence[int]) -> 
         inside = (coordinates >= start[:, None]) & (coordinates < (start + side)[:, None])
         shape = [n, 1] + [1] * len(spatial_shape)
         shape[axis + 2] = size
-        boxes &= inside.view(shape)
+        # the product of the per-axis intervals, broadcast: one full-size mask, written once
+        boxes = inside.view(shape) if boxes is None else boxes & inside.view(shape)
     return boxes
 
 
@@ -185,16 +186,18 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
         source = torch.arange(n_u, device=device) % n_l
         synthetic = paste(data[source], data_unlabeled, pasted)
 
+        # per network: (output over exemplar, synthetic, strong, weak; output per feature perturbation of the weak)
         outputs = self.network(torch.cat((data, synthetic, strong, data_unlabeled)), n_perturbed=n_u)
         # per network: synthetic, strong, weak, then one part per feature perturbation (full resolution)
-        views = [full_resolution(out)[n_l:].split(n_u) for out in outputs]
+        views = [full_resolution(out).split([n_l] + [n_u] * 3)[1:]
+                 + (() if perturbed is None else full_resolution(perturbed).split(n_u)) for out, perturbed in outputs]
         exemplar = self.exemplar_target(target)[source]
         pseudo = [self.pseudo_label_target(v[2], exemplar) for v in views]
 
         terms = {name: [] for name in ("sup", "syn", "img", "fp")}
         for k, other in ((0, 1), (1, 0)):
             labels = pseudo[other][0]
-            terms["sup"].append(self.loss(batch_part(outputs[k], slice(None, n_l)), target))
+            terms["sup"].append(self.loss(batch_part(outputs[k][0], slice(None, n_l)), target))
             terms["syn"].append(self.masked_loss(views[k][0], paste(exemplar, labels, pasted)))
             terms["img"].append(self.masked_loss(views[k][1], with_partner(labels, mix)))
             perturbed = [self.masked_loss(v, labels) for v in views[k][3:]]
