@@ -20,33 +20,70 @@ def test_test_cases_are_a_fixed_seeded_fifth():
     assert test != bench_common.test_case_ids(cases, seed=1)
 
 
-def _result(trainer, configuration, seconds, flops, peak, grad, no_grad=0, batch=2):
-    return {"trainer": trainer, "configuration": configuration, "median_s": seconds, "flops": flops,
-            "peak_mb": peak, "encoder_samples_grad": grad, "encoder_samples_no_grad": no_grad, "batch_size": batch,
-            "wait_share": 0.01}
+def _result(trainer, configuration, seconds, flops, peak, grad, no_grad=0, batch=2, round_index=0, steal=0.0):
+    r = {"trainer": trainer, "configuration": configuration, "median_s": seconds, "peak_mb": peak,
+         "batch_size": batch, "wait_share": 0.01, "round": round_index, "cpu_steal_share": steal,
+         "minor_faults_per_step": 1000.0, "step_times_s": [seconds]}
+    if round_index == 0:  # the first round counts the work
+        r.update(flops=flops, encoder_samples_grad=grad, encoder_samples_no_grad=no_grad)
+    return r
 
 
 def test_step_ratios_are_relative_to_nnunet_of_the_same_configuration():
     results = [_result("nnUNetTrainer", "2d", 1.0, 100, 1000, 2),
                _result("nnUNetTrainer", "3d_fullres", 4.0, 1000, 2000, 2),
                # Mean Teacher-like: student on 2B with grad, teacher on B without
-               _result("nnUNetTrainerMT", "3d_fullres", 10.0, 2000, 3000, 4, 2),
+               _result("nnUNetTrainerMT", "3d_fullres", 9.5, 2000, 3000, 4, 2),
                # the control: nnU-Net at twice the batch, 2.25x the time for 2x the work
                _result(step_benchmark.CONTROL, "3d_fullres", 9.0, 2000, 2500, 4, batch=4)]
     rows = {(r["trainer"], r["configuration"]): r for r in step_benchmark.ratios(results)}
     mt = rows["nnUNetTrainerMT", "3d_fullres"]
-    assert mt["time_ratio"] == pytest.approx(2.5)
+    assert mt["time_ratio"] == pytest.approx(2.375)
     assert mt["work_ratio"] == pytest.approx(2.0)
-    assert mt["overhead"] == pytest.approx(0.25)
+    assert mt["overhead"] == pytest.approx(0.1875)
     assert mt["count"] == pytest.approx((4 + 2 / 3) / 2)
     assert mt["memory_ratio"] == pytest.approx(1.5)
-    assert mt["overhead_2b"] == pytest.approx((10.0 / 2000) / (9.0 / 2000) - 1)
+    assert mt["overhead_2b"] == pytest.approx((9.5 / 2000) / (9.0 / 2000) - 1)
+    assert mt["verdict"] == "ok" and mt["verdict_reference"] == step_benchmark.CONTROL, "+19 % vs nnU-Net, +6 % vs 2B"
     assert rows["nnUNetTrainer", "2d"]["overhead"] == pytest.approx(0.0)
     assert rows["nnUNetTrainer", "2d"]["overhead_2b"] is None, "no control measured for 2d"
+    assert rows["nnUNetTrainer", "2d"]["verdict_reference"] == "nnUNetTrainer"
     control = rows[step_benchmark.CONTROL, "3d_fullres"]
     assert control["overhead"] == pytest.approx(2.25 / 2 - 1)
     assert "| ok |" in step_benchmark.table([control]), "the control is a reference, not a trainer with a target"
-    assert "miss: overhead" in step_benchmark.table([mt]) and "| ok |" in step_benchmark.table([rows["nnUNetTrainer", "2d"]])
+    assert "| ok |" in step_benchmark.table([mt]) and "| ok |" in step_benchmark.table([rows["nnUNetTrainer", "2d"]])
+
+
+def test_step_verdict_pairs_each_round_with_its_own_control_and_needs_every_round_to_agree():
+    def run(ssl_seconds, control_seconds, base_seconds=(1.0, 1.0)):
+        results = []
+        for i, (ssl, control, base) in enumerate(zip(ssl_seconds, control_seconds, base_seconds)):
+            results += [_result("nnUNetTrainer", "3d_fullres", base, 100, 1000, 1, batch=1, round_index=i),
+                        _result(step_benchmark.CONTROL, "3d_fullres", control, 200, 1100, 2, batch=2,
+                                round_index=i, steal=0.1 * i),
+                        _result("SSL", "3d_fullres", ssl, 400, 1500 + i, 4, batch=1, round_index=i)]
+        return {r["trainer"]: r for r in step_benchmark.ratios(results)}["SSL"]
+
+    # the machine slows down by half in round 2: every trainer of that round with it; paired, still +5 %
+    ssl = run([4.2, 6.3], [2.0, 3.0], [1.2, 1.8])
+    assert ssl["rounds"] == 2 and ssl["overhead_2b_range"] == pytest.approx((0.05, 0.05, 0.05))
+    assert ssl["median_s"] == pytest.approx(5.25) and ssl["verdict"] == "ok"
+    assert ssl["time_ratio"] == pytest.approx(3.5) and ssl["peak_mb"] == 1501, "peak: the highest round"
+    assert ssl["cpu_steal_share"] == pytest.approx(0.0), "steal: the highest round of this trainer"
+    # a round that alone misses makes the verdict unclear; misses in every round make it a miss
+    unclear = run([4.2, 4.8, 4.0], [2.0, 2.0, 2.0], [1.0, 1.0, 1.0])
+    assert unclear["overhead_2b_range"] == pytest.approx((0.05, 0.0, 0.2)) and unclear["verdict"] == "unclear"
+    assert "miss: overhead vs 2B (rounds disagree)" in step_benchmark.table([unclear])
+    assert "+5 % (+0 .. +20)" in step_benchmark.table([unclear])
+    miss = run([4.6, 4.8], [2.0, 2.0])
+    assert miss["verdict"] == "miss" and "miss: overhead vs 2B |" in step_benchmark.table([miss])
+
+
+def test_step_rounds_alternate_their_order():
+    names = ["nnUNetTrainer", step_benchmark.CONTROL, "A", "B"]
+    assert step_benchmark.round_order(names, 0) == names
+    assert step_benchmark.round_order(names, 1) == names[::-1]
+    assert step_benchmark.round_order(names, 2) == names
 
 
 def _rec(trainer, fold, dice, val=None):
