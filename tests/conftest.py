@@ -109,6 +109,8 @@ def clone_dataset(env, new_id: int, name: str) -> str:
     import shutil
 
     new_name = f"Dataset{new_id:03d}_{name}"
+    taken = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{new_id:03d}_")]
+    assert not taken, f"dataset id {new_id} is already used by {taken} in this session: give each test its own id"
     source = os.path.join(env["nnUNet_preprocessed"], "Dataset990_SSLDemo")
     target = os.path.join(env["nnUNet_preprocessed"], new_name)
     shutil.copytree(source, target, ignore=lambda folder, names: [n for n in names if n.endswith("_unlabeled")

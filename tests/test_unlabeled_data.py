@@ -193,13 +193,13 @@ def test_unlabeled_batch_is_split_across_gpus_like_nnunets_labeled_batch(global_
 
 @pytest.fixture
 def masked_norm_dataset(ssl_env):
-    """Dataset996 with one unlabeled 2d case normalised as with use_mask_for_norm: 0 outside its nonzero mask (the
+    """Dataset989 with one unlabeled 2d case normalised as with use_mask_for_norm: 0 outside its nonzero mask (the
     left half and the padding), values near 5 inside."""
     import blosc2
     import numpy as np
     import shutil
 
-    dataset = clone_dataset(ssl_env, 996, "MaskNorm")
+    dataset = clone_dataset(ssl_env, 989, "MaskNorm")
     folder = os.path.join(ssl_env["nnUNet_preprocessed"], dataset)
     with open(os.path.join(folder, "nnUNetPlans.json")) as f:
         patch = json.load(f)["configurations"]["2d"]["patch_size"]
