@@ -38,6 +38,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import bench_common  # noqa: E402
+
 DATASET_ID, DATASET_NAME = 993, "Dataset993_GPUCheck"
 REPORT_PREFIX = "GPUCHECK "
 #: synthetic case shapes (z, y, x); "tiny" is the smallest whose plans keep three stages (with two, nnU-Net's deep
@@ -84,12 +87,6 @@ EXT_TRAINERS = textwrap.dedent('''
             _methods["compute_loss"] = _compute_loss
         globals()[_base.__name__ + "_gpucheck"] = type(_base.__name__ + "_gpucheck", (_base,), _methods)
 ''')
-
-
-def trainer_names() -> list:
-    """nnUNetTrainer and every nnunet-ssl trainer but self-training, which needs a teacher's pseudo-labels first."""
-    import nnunet_ssl.trainers as trainers
-    return ["nnUNetTrainer"] + [name for name in trainers.__all__ if name != "nnUNetTrainerPseudoLabel"]
 
 
 def bin_path(name: str) -> str:
@@ -234,7 +231,6 @@ def benchmarked(trainers: list) -> list:
 def run_benchmark(check: Check, trainers: list, configuration: str, warmup: int, steps: int, device: str) -> dict:
     """step_benchmark's measurement of each trainer in its own process (compiled, as nnU-Net runs on CUDA), until
     the time is spent; time, work and memory ratios to nnUNetTrainer."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import step_benchmark
 
     env = dict(check.env, nnUNet_compile="t")
@@ -304,7 +300,7 @@ def main(argv=None) -> None:
     start = time.time()
     env_info = environment()
     run_steps = (env_info["cuda"] or args.device == "cpu") and not args.dry_run
-    trainers = args.trainers or trainer_names()
+    trainers = args.trainers or bench_common.trainer_names()  # self-training needs a teacher first
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as temporary:
         check = Check(os.path.abspath(args.out), os.path.abspath(args.work or temporary), args.budget_s)
         check.log(f"gpu_check: {json.dumps(env_info)}; configuration {args.configuration}, trainers {trainers}")

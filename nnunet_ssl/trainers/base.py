@@ -137,7 +137,7 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
 
     def _split_file_unlabeled(self) -> list:
         """The fold's ``unlabeled`` list of splits_final.json (empty if none), checked against train/val."""
-        splits_file = f"{self.preprocessed_dataset_folder_base}/splits_final.json"
+        splits_file = self._splits_file()
         try:
             splits = read_splits(splits_file)
         except FileNotFoundError:
