@@ -19,34 +19,12 @@ from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, Stron
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
                                                       UniformFeatureNoise)
-from nnunet_ssl.trainers.cmems import (confident_pseudo_labels, cutmix_boxes, masked_segmentation_loss,
-                                       nnUNetTrainerCMEMS, paste, random_boxes, with_ignored, with_partner)
+from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
+from nnunet_ssl.nnunet_internals import masked_segmentation_loss
+from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 
 
-# ---- pseudo-labels and their masked loss ------------------------------------------------------------------------
-def logits_of(probabilities):
-    """(B, C, N) logits whose softmax is ``probabilities`` (given per voxel as rows)."""
-    return torch.log(torch.tensor(probabilities)).T[None]
-
-
-def test_pseudo_labels_are_argmax_and_confident_exactly_at_or_above_the_threshold():
-    logits = logits_of([[0.96, 0.02, 0.02], [0.03, 0.94, 0.03], [0.10, 0.05, 0.85], [0.01, 0.01, 0.98]])
-    labels, confident = confident_pseudo_labels(logits, 0.95, regions=False)
-    assert labels.tolist() == [[[0, 1, 2, 2]]]
-    assert confident.tolist() == [[[True, False, False, True]]]
-    assert confident_pseudo_labels(logits, 0.9, regions=False)[1].tolist() == [[[True, True, False, True]]]
-    assert with_ignored(labels, confident, False, ignore_label=7).tolist() == [[[0, 7, 7, 2]]]
-
-
-def test_region_pseudo_labels_need_every_region_confident():
-    p = torch.tensor([[0.97, 0.02], [0.97, 0.50], [0.03, 0.99], [0.60, 0.99]]).T[None]  # (1, regions, voxels)
-    labels, confident = confident_pseudo_labels(torch.logit(p), 0.95, regions=True)
-    assert labels.tolist() == [[[True, True, False, True], [False, False, True, True]]]
-    assert confident.tolist() == [[[True, False, True, False]]]
-    target = with_ignored(labels, confident, True, ignore_label=-1)
-    assert target.shape == (1, 3, 4) and target[:, -1].tolist() == [[False, True, False, True]]
-
-
+# ---- the masked loss of pseudo-labels --------------------------------------------------------------------------
 @pytest.mark.parametrize("regions", [False, True])
 def test_masked_loss_ignores_unconfident_voxels(regions):
     torch.manual_seed(0)
@@ -60,45 +38,6 @@ def test_masked_loss_ignores_unconfident_voxels(regions):
     assert ignored_grad.abs().sum() == 0 and logits.grad.abs().sum() > 0
     changed = logits.detach() + 5 * torch.randn_like(logits) * ~confident  # change only ignored voxels
     assert loss(changed, target).item() == pytest.approx(loss(logits.detach(), target).item(), rel=1e-6)
-
-
-# ---- boxes, CutMix, copy-paste -----------------------------------------------------------------------------------
-def test_random_boxes_have_the_rounded_relative_side_on_every_axis():
-    torch.manual_seed(0)
-    boxes = random_boxes(torch.tensor([2 / 3, 0.0, 1.0, 0.5]), (9, 12, 7))
-    assert boxes.shape == (4, 1, 9, 12, 7)
-    assert boxes.flatten(1).sum(1).tolist() == [6 * 8 * 5, 0, 9 * 12 * 7, 4 * 6 * 4]  # torch rounds halves to even
-    for box in boxes[[0, 3], 0]:  # a box: the product of its extents along the axes
-        extents = [box.any(dim=tuple(d for d in range(3) if d != axis)) for axis in range(3)]
-        assert torch.equal(box, extents[0][:, None, None] & extents[1][None, :, None] & extents[2][None, None, :])
-
-
-def test_cutmix_boxes_follow_probability_and_volume_range():
-    torch.manual_seed(0)
-    assert not cutmix_boxes(8, (16, 16), 0.0, (0.02, 0.4), torch.device("cpu")).any()
-    fractions = cutmix_boxes(64, (40, 40), 1.0, (0.1, 0.3), torch.device("cpu")).flatten(1).float().mean(1)
-    assert fractions.min() >= 0.08 and fractions.max() <= 0.32  # volume range up to the rounding of the sides
-
-
-def test_cutmix_takes_the_box_from_the_previous_sample_for_images_and_pseudo_labels_alike():
-    torch.manual_seed(0)
-    images = torch.arange(3.0)[:, None, None, None].expand(3, 1, 8, 8) * 10 + torch.rand(3, 1, 8, 8)
-    labels = torch.arange(3)[:, None, None, None].expand(3, 1, 8, 8)
-    boxes = random_boxes(torch.tensor([0.5, 0.25, 0.75]), (8, 8))
-    mixed_images, mixed_labels = with_partner(images, boxes), with_partner(labels, boxes)
-    for i in range(3):
-        inside = boxes[i, 0]
-        assert torch.equal(mixed_images[i, 0][inside], images[i - 1, 0][inside])
-        assert torch.equal(mixed_images[i, 0][~inside], images[i, 0][~inside])
-        expected = torch.where(inside, torch.full_like(inside, (i - 1) % 3, dtype=torch.long), i)
-        assert torch.equal(mixed_labels[i, 0], expected)
-
-
-def test_paste_puts_content_inside_and_background_outside():
-    boxes = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
-    boxes[..., 1:3, 2:4] = True
-    pasted = paste(torch.ones(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), boxes)
-    assert torch.equal(pasted, boxes.expand(1, 2, 4, 4).float())
 
 
 # ---- strong views ------------------------------------------------------------------------------------------------

@@ -4,90 +4,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from e2e import output_folder, train_resume_predict
 from nnunet_ssl.networks.containers import TwoNetworks
-from nnunet_ssl.trainers.dmd import (dice_distillation, kl_distillation, nnUNetTrainerDMD, nnUNetTrainerDMD_paper,
-                                     soft_dice_loss, temperature_probabilities)
+from nnunet_ssl.blocks.distillation import dice_distillation
+from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
-
-# ---- losses ---------------------------------------------------------------------------------------------------
-def test_soft_dice_of_identical_inputs_is_exactly_zero():
-    torch.manual_seed(0)
-    p = torch.rand(2, 3, 5, 6)
-    assert soft_dice_loss(p, p).item() == 0.0
-    assert soft_dice_loss(p, p.clone(), smooth=0.0).item() == 0.0
-
-
-def test_soft_dice_matches_hand_computation_over_the_whole_batch():
-    # two samples, two channels, two voxels each
-    p = torch.tensor([[[0.5, 1.0], [1.0, 1.0]],
-                      [[0.0, 0.5], [1.0, 1.0]]])
-    q = torch.tensor([[[1.0, 0.0], [1.0, 0.0]],
-                      [[0.5, 0.5], [0.0, 0.0]]])
-    # channel 0: sum pq = 0.75, sum p^2 = 1.5, sum q^2 = 1.5; channel 1: sum pq = 1, sum p^2 = 4, sum q^2 = 1
-    assert soft_dice_loss(p, q, smooth=0.0).item() == pytest.approx(1 - (1.5 / 3 + 2 / 5) / 2)
-    s = 1e-5
-    assert soft_dice_loss(p, q).item() == pytest.approx(1 - ((1.5 + s) / (3 + s) + (2 + s) / (5 + s)) / 2, abs=1e-7)
-    assert soft_dice_loss(q, p).item() == pytest.approx(soft_dice_loss(p, q).item(), abs=1e-7)
-    # per-sample Dice of channel 0 would be (1/2.25 + 0.5/0.75) / 2, not 0.5: the batch is one Dice
-    per_sample = 1 - ((1 / 2.25 + 0.5 / 0.75) / 2 + 2 / 5) / 2
-    assert soft_dice_loss(p, q, smooth=0.0).item() != pytest.approx(per_sample)
-
-
-def test_temperature_softens_the_targets():
-    z = torch.tensor([[[0.0], [2.0]]])  # one voxel, two classes
-    e = math.e
-    assert temperature_probabilities(z, 2.0, False).flatten().tolist() == pytest.approx([1 / (1 + e), e / (1 + e)])
-    assert temperature_probabilities(z, 1.0, False).flatten().tolist() == pytest.approx(
-        [1 / (1 + e ** 2), e ** 2 / (1 + e ** 2)])
-    assert temperature_probabilities(z, 2.0, True).flatten().tolist() == pytest.approx(
-        [0.5, 1 / (1 + math.exp(-1))])
-
-    def entropy(p):
-        return -(p * p.log()).sum().item()
-    assert entropy(temperature_probabilities(z, 2.0, False)) > entropy(temperature_probabilities(z, 1.0, False))
-    assert entropy(temperature_probabilities(z, 50.0, False)) == pytest.approx(math.log(2), abs=1e-3)
-
-
-def test_dice_distillation_uses_softened_foreground_as_the_released_sigmoid_form():
-    torch.manual_seed(0)
-    z1, z2 = torch.randn(2, 2, 4, 5) * 3, torch.randn(2, 2, 4, 5) * 3
-    # the released code: one logit z, Dice between sigmoid(z1 / T) and sigmoid(z2 / T)
-    released = soft_dice_loss(torch.sigmoid((z1[:, 1:] - z1[:, :1]) / 2), torch.sigmoid((z2[:, 1:] - z2[:, :1]) / 2))
-    assert dice_distillation(z1, z2, 2.0, regions=False).item() == pytest.approx(released.item(), abs=1e-6)
-    # a different temperature gives a different target
-    assert dice_distillation(z1, z2, 1.0, regions=False).item() != pytest.approx(released.item(), abs=1e-4)
-    with_bg = soft_dice_loss(torch.softmax(z1 / 2, 1), torch.softmax(z2 / 2, 1))
-    assert dice_distillation(z1, z2, 2.0, False, include_background=True).item() == pytest.approx(with_bg.item())
-    # region datasets: sigmoid(z / T) on every channel
-    regions = soft_dice_loss(torch.sigmoid(z1 / 2), torch.sigmoid(z2 / 2))
-    assert dice_distillation(z1, z2, 2.0, regions=True).item() == pytest.approx(regions.item())
-    assert dice_distillation(z1, z1.clone(), 2.0, regions=False).item() == 0.0
-
-
-def test_kl_distillation_is_the_two_way_kl_of_softened_predictions():
-    torch.manual_seed(0)
-    z1, z2 = torch.randn(2, 3, 4, 5) * 2, torch.randn(2, 3, 4, 5) * 2
-    T = 2.0
-
-    def kl(p_log, q_log):  # KL(q || p) summed over classes, mean over voxels
-        return F.kl_div(p_log, q_log, reduction="none", log_target=True).sum(1).mean()
-    l1, l2 = F.log_softmax(z1 / T, 1), F.log_softmax(z2 / T, 1)
-    assert kl_distillation(z1, z2, T, regions=False).item() == pytest.approx((kl(l1, l2) + kl(l2, l1)).item(), rel=1e-5)
-
-    def bernoulli_log(z):  # per region: the two outcomes as two classes
-        return torch.stack((F.logsigmoid(z / T), F.logsigmoid(-z / T)), dim=1)
-    b1, b2 = bernoulli_log(z1), bernoulli_log(z2)
-    expected = (kl(b1, b2) + kl(b2, b1)) * 3  # summed over the 3 region channels
-    assert kl_distillation(z1, z2, T, regions=True).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert kl_distillation(z1, z1.clone(), T, regions=False).item() == 0.0
 
 
 # ---- the trainer's loss on two small U-Nets -------------------------------------------------------------------

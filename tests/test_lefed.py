@@ -1,4 +1,3 @@
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +8,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from e2e import train_resume_predict
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.lefed import LeFeDNetwork, encode_with_feedback, feature_discrepancy
-from nnunet_ssl.trainers.lefed import decoder_consistency, nnUNetTrainerLeFeD
+from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 
 ARCHITECTURES = ["PlainConvUNet", "ResidualEncoderUNet"]
 #: (input shape, 3-stage strides, kernel sizes): the 3D one anisotropic like nnU-Net's plans for thick slices
@@ -143,18 +142,6 @@ def test_gradients_reach_both_decoders_and_encoder_but_not_through_gates_or_feed
     (sum(o.mean() for o in out1) + sum(o.mean() for o in out2)).backward()
     assert first_input.grad is None, "gradient went through the feedback into the previous pass"
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
-
-
-def test_decoder_consistency_matches_hand_computation():
-    # sample 0: logits (ln 3, 0) -> softmax (0.75, 0.25) against (0.5, 0.5); sample 1 agrees
-    out1 = torch.zeros(2, 2, 2, 2)
-    out1[0, 0] = math.log(3)
-    out2 = torch.zeros(2, 2, 2, 2)
-    low_res = [torch.randn(2, 2, 1, 1), torch.randn(2, 2, 1, 1)]
-    # 8 of 16 values differ by 0.25 -> mean 8 * 0.0625 / 16
-    assert torch.isclose(decoder_consistency([out1, low_res[0]], [out2, low_res[1]]), torch.tensor(0.03125))
-    # regions: sigmoid(ln 3) = 0.75 against 0.5 on channel 0 of sample 0 only -> 4 of 16 values
-    assert torch.isclose(decoder_consistency(out1, out2, regions=True), torch.tensor(0.015625))
 
 
 def fake_trainer(net, passes=3):

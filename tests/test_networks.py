@@ -1,10 +1,7 @@
-"""Network containers built from nnU-Net plans, -pretrained_weights into them, and the shared loss pieces."""
-import math
-
+"""Network containers built from nnU-Net plans, and -pretrained_weights into them."""
 import pytest
 import torch
 
-from nnunet_ssl.losses import sigmoid_rampup, softmax_mse
 from nnunet_ssl.networks.containers import SharedEncoderTwoDecoders, StudentTeacher, TwoNetworks
 from nnunet_ssl.networks.pretrained import load_pretrained_weights
 
@@ -99,16 +96,3 @@ def test_pretrained_weights_for_a_plain_network_still_use_nnunets_checks(tmp_pat
     torch.save({"network_weights": small_unet(residual=True).state_dict()}, path)
     with pytest.raises(AssertionError, match="missing in the pretrained model"):
         load_pretrained_weights(small_unet(), str(path))
-
-
-def test_sigmoid_rampup_matches_hand_values():
-    assert sigmoid_rampup(0, 10) == pytest.approx(math.exp(-5))
-    assert sigmoid_rampup(5, 10) == pytest.approx(math.exp(-5 * 0.25))
-    assert sigmoid_rampup(10, 10) == 1.0 and sigmoid_rampup(20, 10) == 1.0 and sigmoid_rampup(3, 0) == 1.0
-
-
-def test_softmax_mse_matches_hand_computation():
-    a = torch.tensor([[[0.0]], [[0.0]]]).reshape(1, 2, 1)  # softmax -> (0.5, 0.5)
-    b = torch.tensor([math.log(3.0), 0.0]).reshape(1, 2, 1)  # softmax -> (0.75, 0.25)
-    assert softmax_mse(a, b).item() == pytest.approx(0.25 ** 2)
-    assert softmax_mse(a, b, regions=True).item() == pytest.approx(((0.5 - 0.75) ** 2 + 0) / 2)

@@ -6,20 +6,21 @@ import torch
 from torch import nn
 
 from e2e import train_resume_predict
+from helpers import LN2, LN3, two_voxels
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.dropout import (add_head_dropout, full_resolution_head, head_dropout_samples,
                                          take_head_input)
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-from nnunet_ssl.trainers.uadct import (nnUNetTrainerUADCT, normalized_entropy, probability_mse, pseudo_label_ce,
-                                       uncertainty_downweight, uncertainty_supervised_loss, uncertainty_weighted_ce)
+from nnunet_ssl.blocks.uncertainty import normalized_entropy
+from nnunet_ssl.nnunet_internals import uncertainty_supervised_loss
+from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-LN2, LN3 = math.log(2), math.log(3)
 UNET_CLASSES = {"plain": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
                 "residual": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"}
 
@@ -59,26 +60,6 @@ def stub_trainer(network, cls=nnUNetTrainerUADCT, regions=False, epoch=0):
 
 
 # ---- uncertainty ------------------------------------------------------------------------------------------------
-def mean_of(*samples):
-    return torch.stack([torch.tensor(s, dtype=torch.float).view(1, -1, 1, 1) for s in samples]).mean(0)
-
-
-def test_normalized_entropy_is_zero_for_agreeing_confident_samples_and_rises_with_disagreement():
-    agree = mean_of([0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0])
-    split_two = mean_of([1, 0, 0, 0], [0, 1, 0, 0])
-    split_four = mean_of([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1])
-    assert normalized_entropy(agree, False).item() == 0.0
-    assert normalized_entropy(split_two, False).item() == pytest.approx(LN2 / math.log(4))  # 0.5
-    assert normalized_entropy(split_four, False).item() == pytest.approx(1.0)
-    # identical soft samples keep their own (aleatoric) entropy: H(0.5, 0.25, 0.25) / log 3
-    soft = mean_of([0.5, 0.25, 0.25], [0.5, 0.25, 0.25])
-    assert normalized_entropy(soft, False).item() == pytest.approx(1.5 * LN2 / LN3)
-    # regions: mean binary entropy over channels / log 2; channel 0 split 50/50, channel 1 agreeing
-    regions = mean_of([1, 1], [0, 1])
-    assert normalized_entropy(regions, True).item() == pytest.approx(0.5)
-    assert normalized_entropy(regions, True).shape == (1, 1, 1, 1)
-
-
 def mc_uncertainty(rate, head_weight_scale=1.0, head_bias=None):
     """Monte Carlo mean probabilities (T = 8) of a fresh tiny U-Net with the given head dropout rate, and the
     logits of its training forward."""
@@ -232,34 +213,6 @@ def test_inference_uses_network_one_or_the_mean():
 
 
 # ---- losses -----------------------------------------------------------------------------------------------------
-def test_consistency_weight_is_exp_of_minus_uncertainty():
-    u = torch.tensor([0.0, 0.5, 1.0])
-    assert uncertainty_downweight(u, 1.0).tolist() == pytest.approx([1.0, math.exp(-0.5), math.exp(-1)])
-    assert uncertainty_downweight(u, 2.0).tolist() == pytest.approx([1.0, math.exp(-1), math.exp(-2)])
-
-
-def two_voxels(a, b):
-    """Logits of two voxels (B=1, C, 2, 1) from per-voxel channel lists."""
-    return torch.tensor([a, b], dtype=torch.float).T.reshape(1, -1, 2, 1)
-
-
-def test_uncertainty_weighted_ce_hand_values():
-    logits = two_voxels([0.0, 0.0], [LN3, 0.0])  # p(target) = 1/2 and 1/4: CE = ln 2 and ln 4
-    target = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)
-    weight = torch.tensor([1.0, 2.0]).view(1, 1, 2, 1)
-    assert uncertainty_weighted_ce(logits, target, weight, False).item() == pytest.approx((LN2 + 2 * 2 * LN2) / 2)
-    ignored = torch.tensor([0.0, 5.0]).view(1, 1, 2, 1)  # voxel 2 carries the ignore label 5
-    assert uncertainty_weighted_ce(logits, ignored, weight, False, ignore_label=5).item() == pytest.approx(LN2)
-    # regions: BCE averaged over channels; voxel 1: targets (1, 0), logits (0, 0); voxel 2: targets (1, 1)
-    region_target = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(1, 2, 2, 1)
-    bce_voxel2 = (math.log(4 / 3) + LN2) / 2
-    assert uncertainty_weighted_ce(logits, region_target, weight, True).item() == pytest.approx(
-        (LN2 + 2 * bce_voxel2) / 2)
-    with_ignore_channel = torch.cat([region_target, torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)], 1)
-    assert uncertainty_weighted_ce(logits, with_ignore_channel, weight, True, ignore_label=3).item() == \
-        pytest.approx(LN2)
-
-
 def test_supervised_loss_is_nnunets_with_full_resolution_ce_weighted_one_plus_gain_u():
     logits = two_voxels([0.0, 0.0], [LN3, 0.0])
     target = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)
@@ -280,20 +233,6 @@ def test_supervised_loss_is_nnunets_with_full_resolution_ce_weighted_one_plus_ga
                              dice_class=MemoryEfficientSoftDiceLoss)
     assert uncertainty_supervised_loss(dice_ce, logits, target, torch.zeros_like(u), 1.0, False).item() == \
         pytest.approx(dice_ce(logits, target).item())
-
-
-def test_consistency_losses_hand_values():
-    logits = two_voxels([0.0, 0.0], [LN3, 0.0])
-    other = two_voxels([0.2, 0.8], [0.6, 0.4])  # pseudo-labels 1 and 0
-    weight = torch.tensor([1.0, 0.5]).view(1, 1, 2, 1)
-    assert pseudo_label_ce(logits, other, weight, False).item() == pytest.approx((LN2 + 0.5 * math.log(4 / 3)) / 2)
-    # mse: probabilities (1/2, 1/2) and (3/4, 1/4) against the other network's
-    mse = ((0.3 ** 2 + 0.3 ** 2) / 2 + 0.5 * (0.15 ** 2 + 0.15 ** 2) / 2) / 2
-    assert probability_mse(logits, other, weight, False).item() == pytest.approx(mse)
-    # regions: a region's pseudo-label is other > 0.5; voxel 1: labels (0, 1) vs logits (0, 0), BCE ln 2 each;
-    # voxel 2: labels (1, 0) vs logits (ln 3, 0), BCE ln(4/3) and ln 2
-    assert pseudo_label_ce(logits, other, weight, True).item() == pytest.approx(
-        (LN2 + 0.5 * (math.log(4 / 3) + LN2) / 2) / 2)
 
 
 # ---- the training step ------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import List
 import torch
 from torch import nn
 
+from nnunet_ssl.blocks.ema import ema_update
+
 INFERENCE_MODES = ("first", "mean")
 #: which of two co-trained U-Nets ``-pretrained_weights`` initialises: network 1 only, or both
 PRETRAINED_NETWORKS = ("first", "all")
@@ -120,16 +122,9 @@ class StudentTeacher(nn.Module):
         with torch.no_grad():
             return student_out, self.teacher(teacher_input)
 
-    @torch.no_grad()
     def update_teacher(self, decay: float) -> None:
-        """teacher = decay * teacher + (1 - decay) * student, for parameters and floating-point buffers."""
-        for t, s in zip(self.teacher.parameters(), self.student.parameters()):
-            t.mul_(decay).add_(s.detach(), alpha=1 - decay)
-        for t, s in zip(self.teacher.buffers(), self.student.buffers()):
-            if t.dtype.is_floating_point:
-                t.mul_(decay).add_(s, alpha=1 - decay)
-            else:
-                t.copy_(s)
+        """teacher = decay * teacher + (1 - decay) * student (:func:`~nnunet_ssl.blocks.ema.ema_update`)."""
+        ema_update(self.teacher, self.student, decay)
 
     def pretrainable_unets(self) -> List[nn.Module]:
         return [self.student, self.teacher]

@@ -31,8 +31,8 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_ssl.data.loaders import CompositeDataLoader, UnlabeledDataLoader, split_batch_across_ranks
 from nnunet_ssl.data.unlabeled import UnlabeledImages, collect_unlabeled_cases
+from nnunet_ssl.blocks.schedules import sigmoid_rampup
 from nnunet_ssl.errors import SSLConfigError
-from nnunet_ssl.losses import sigmoid_rampup
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.containers import PRETRAINED_NETWORKS
 from nnunet_ssl.splits import check_enough_cases_for_default_split, check_fold, read_splits

@@ -39,86 +39,19 @@ Our choices where the paper is unknown (all class attributes):
 Per step and network: one encoder pass over exemplar + synthetic + strong + weak patches, one decoder pass over
 those and one over the perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 5 B_u`` decoder samples).
 """
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
-from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
+from nnunet_ssl.blocks.mixing import cutmix_boxes, paste, random_boxes, with_partner
+from nnunet_ssl.blocks.outputs import batch_part, full_resolution
+from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
-from nnunet_ssl.losses import batch_part, full_resolution, probabilities
+from nnunet_ssl.nnunet_internals import masked_segmentation_loss
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
                                                       UniformFeatureNoise)
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-
-
-# ---- pseudo-labels ------------------------------------------------------------------------------------------------
-def confident_pseudo_labels(logits: torch.Tensor, threshold: float, regions: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Hard pseudo-labels of a prediction and the voxels where they are confident, both without gradient.
-    Labels: ``(argmax (B,1,...), max probability >= threshold)``; regions: ``(p > 0.5 per region, every region's
-    max(p, 1 - p) >= threshold)``. The mask has shape (B, 1, ...)."""
-    probs = probabilities(logits.detach(), regions)
-    if regions:
-        return probs > 0.5, (torch.maximum(probs, 1 - probs) >= threshold).all(1, keepdim=True)
-    confidence, labels = probs.max(1, keepdim=True)
-    return labels, confidence >= threshold
-
-
-def with_ignored(labels: torch.Tensor, keep: torch.Tensor, regions: bool, ignore_label: int) -> torch.Tensor:
-    """A target in the format of :func:`masked_segmentation_loss`: labels with ``ignore_label`` where not
-    ``keep``; regions with an appended last channel that is True where ignored."""
-    if regions:
-        return torch.cat((labels, ~keep), 1)
-    return torch.where(keep, labels, ignore_label)
-
-
-def masked_segmentation_loss(regions: bool, batch_dice: bool, ignore_label: int):
-    """nnU-Net's Dice+CE (Dice+BCE for regions) configured as nnU-Net configures it, ignoring the voxels marked
-    as in :func:`with_ignored`. Under DDP its batch Dice covers this GPU's patches only: nnU-Net's all-gather of
-    the Dice sums needs the same batch on every GPU, which an uneven split of the unlabeled batch does not give."""
-    if regions:
-        return DC_and_BCE_loss({}, {"batch_dice": batch_dice, "do_bg": True, "smooth": 1e-5, "ddp": False},
-                               use_ignore_label=True, dice_class=MemoryEfficientSoftDiceLoss)
-    return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                          ignore_label=ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
-
-
-# ---- boxes for CutMix and copy-paste ------------------------------------------------------------------------------
-def random_boxes(side_fractions: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """One axis-aligned box per sample, ``round(fraction * size)`` voxels along every axis at a uniformly random
-    position, as a bool mask (N, 1, *spatial_shape). A fraction of 0 gives an empty box."""
-    n, device = side_fractions.shape[0], side_fractions.device
-    boxes = None
-    for axis, size in enumerate(spatial_shape):
-        side = torch.round(side_fractions * size).long()
-        start = (torch.rand(n, device=device) * (size - side + 1)).long()
-        coordinates = torch.arange(size, device=device)
-        inside = (coordinates >= start[:, None]) & (coordinates < (start + side)[:, None])
-        shape = [n, 1] + [1] * len(spatial_shape)
-        shape[axis + 2] = size
-        # the product of the per-axis intervals, broadcast: one full-size mask, written once
-        boxes = inside.view(shape) if boxes is None else boxes & inside.view(shape)
-    return boxes
-
-
-def cutmix_boxes(n: int, spatial_shape: Sequence[int], probability: float, volume_range: Tuple[float, float],
-                 device: torch.device) -> torch.Tensor:
-    """Per sample, with ``probability``, a box covering a uniformly drawn fraction ``volume_range`` of the patch
-    (equal relative side on every axis); otherwise an empty box."""
-    volume = torch.empty(n, device=device).uniform_(*volume_range)
-    applied = torch.rand(n, device=device) < probability
-    return random_boxes(volume ** (1 / len(spatial_shape)) * applied, spatial_shape)
-
-
-def paste(content: torch.Tensor, background: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """``content`` inside the boxes, ``background`` outside (images, labels and region targets alike)."""
-    return torch.where(boxes, content, background)
-
-
-def with_partner(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """CutMix within the batch: sample i takes the box content of sample i - 1."""
-    return paste(x.roll(1, 0), x, boxes)
 
 
 class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):

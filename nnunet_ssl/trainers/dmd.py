@@ -24,7 +24,7 @@ Our choices and deviations:
   per-class Dice.
 * ``D`` takes the released code's Dice (SASSNet ``dice_loss``): ``1 - (2 sum pq + s) / (sum p^2 + sum q^2 + s)``
   with s = 1e-5. Squared terms are in the denominator, and sums run over the whole batch and all voxels. It is
-  computed per channel and averaged over channels (see :func:`soft_dice_loss`). With identical inputs the
+  computed per channel and averaged over channels (see :func:`nnunet_ssl.blocks.distillation.soft_dice_loss`). With identical inputs the
   numerator and denominator are the same floating-point number, so the loss is exactly 0. The paper's binary case
   (one sigmoid output) becomes the paper's eq. 4 ``softmax(z / T)`` over nnU-Net's channels. Only the foreground
   channels are distilled (``distill_background``). For a two-class softmax this is exactly the released sigmoid
@@ -33,7 +33,7 @@ Our choices and deviations:
 * Distillation at full resolution only; ``distill_deep_supervision = True`` adds it at every deep-supervision
   scale, weighted like nnU-Net's supervised deep-supervision terms (the paper's V-Net has no deep supervision).
 * ``distillation = 'kl'`` reproduces the paper's ablation: the two-way KL of the temperature-softened predictions
-  (:func:`kl_distillation`). As in the released ``--kd_type kl`` it uses no T^2 factor and no detach. Unlike that
+  (:func:`nnunet_ssl.blocks.distillation.kl_distillation`). As in the released ``--kd_type kl`` it uses no T^2 factor and no detach. Unlike that
   code, ours is the full categorical (or per-region Bernoulli) KL, where the released code keeps only the
   foreground term ``p log(p / q)`` of its single sigmoid channel.
 * nnU-Net's training recipe: SGD with Nesterov, momentum 0.99, poly lr, one optimizer over both networks, with
@@ -45,50 +45,11 @@ Our choices and deviations:
 """
 import torch
 
+from nnunet_ssl.blocks.distillation import dice_distillation, kl_distillation
+from nnunet_ssl.blocks.outputs import batch_part, full_resolution
 from nnunet_ssl.errors import SSLConfigError
-from nnunet_ssl.losses import batch_part, full_resolution, probabilities
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-
-
-def temperature_probabilities(logits: torch.Tensor, temperature: float, regions: bool) -> torch.Tensor:
-    """The softened predictions ``softmax(z / T)`` (``sigmoid(z / T)`` per region channel), in float32."""
-    return probabilities(logits.float() / temperature, regions)
-
-
-def soft_dice_loss(p: torch.Tensor, q: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """``1 - (2 sum pq + s) / (sum p^2 + sum q^2 + s)`` per channel, with sums over the batch and all voxels
-    (one Dice over the whole batch, as in the released code), averaged over channels. Symmetric in p and q, and
-    exactly 0 for p == q."""
-    axes = (0, *range(2, p.ndim))
-    intersection = (p * q).sum(axes)
-    denominator = (p * p).sum(axes) + (q * q).sum(axes)
-    return 1 - ((2 * intersection + smooth) / (denominator + smooth)).mean()
-
-
-def dice_distillation(logits1: torch.Tensor, logits2: torch.Tensor, temperature: float, regions: bool,
-                      include_background: bool = False, smooth: float = 1e-5) -> torch.Tensor:
-    """DMD's mutual distillation: soft Dice between the two networks' temperature-softened predictions. Gradients
-    reach both networks. Without ``include_background`` the softmax background channel is left out; region
-    channels are all foreground."""
-    p1 = temperature_probabilities(logits1, temperature, regions)
-    p2 = temperature_probabilities(logits2, temperature, regions)
-    if not regions and not include_background:
-        p1, p2 = p1[:, 1:], p2[:, 1:]
-    return soft_dice_loss(p1, p2, smooth)
-
-
-def kl_distillation(logits1: torch.Tensor, logits2: torch.Tensor, temperature: float, regions: bool) -> torch.Tensor:
-    """Two-way KL, ``KL(p1 || p2) + KL(p2 || p1)``, between ``p_i = softmax(z_i / T)``. The KL is summed over
-    classes (for sigmoid outputs: over each region's two outcomes and over the regions), averaged over voxels and
-    batch, with no T^2 factor and no detach.
-
-    We write it as ``sum_c (p1_c - p2_c)(log p1_c - log p2_c)``. The log-normalisers cancel because
-    ``sum_c (p1_c - p2_c) = 0``; for a Bernoulli, ``log p - log(1 - p)`` is the logit itself. Either way the sum
-    reduces to ``sum_c (p1_c - p2_c)(z1_c - z2_c) / T``, which needs no logarithm."""
-    z1, z2 = logits1.float() / temperature, logits2.float() / temperature
-    p1, p2 = probabilities(z1, regions), probabilities(z2, regions)
-    return ((p1 - p2) * (z1 - z2)).sum(1).mean()
 
 
 class nnUNetTrainerDMD(nnUNetTrainerSSLBase):

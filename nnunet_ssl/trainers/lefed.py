@@ -39,15 +39,10 @@ loss are means over the passes of a batch.
 """
 import torch
 
-from nnunet_ssl.losses import batch_part, full_resolution, softmax_mse
+from nnunet_ssl.blocks.consistency import full_resolution_mse
+from nnunet_ssl.blocks.outputs import batch_part
 from nnunet_ssl.networks.lefed import LeFeDNetwork, feature_discrepancy
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-
-
-def decoder_consistency(out1, out2, regions: bool = False) -> torch.Tensor:
-    """LeFeD's consistency: mean squared difference of the two decoders' full-resolution probabilities, over all
-    samples, voxels and channels (no side is detached)."""
-    return softmax_mse(full_resolution(out1), full_resolution(out2), regions)
 
 
 class nnUNetTrainerLeFeD(nnUNetTrainerSSLBase):
@@ -71,7 +66,7 @@ class nnUNetTrainerLeFeD(nnUNetTrainerSSLBase):
         labeled = slice(None, data.shape[0])
         sup1 = self.loss(batch_part(out1, labeled), target)
         sup2 = self.loss(batch_part(out2, labeled), target)
-        cons = decoder_consistency(out1, out2, self.label_manager.has_regions)
+        cons = full_resolution_mse(out1, out2, self.label_manager.has_regions)
         differences = feature_discrepancy(features1, features2)
         self.next_feedback = [self.feedback_scale * d for d in differences] \
             if self.pass_in_step + 1 < self.passes_per_batch else None

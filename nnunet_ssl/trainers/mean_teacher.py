@@ -11,7 +11,8 @@ starts equal to it.
 """
 import torch
 
-from nnunet_ssl.losses import batch_part, full_resolution, softmax_mse
+from nnunet_ssl.blocks.consistency import full_resolution_mse
+from nnunet_ssl.blocks.outputs import batch_part
 from nnunet_ssl.networks.containers import StudentTeacher
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
 
@@ -34,8 +35,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
         student_out, teacher_out = self.network(torch.cat((data, data_unlabeled)), data_unlabeled + noise)
         n = data.shape[0]
         sup = self.loss(batch_part(student_out, slice(None, n)), target)
-        cons = softmax_mse(full_resolution(batch_part(student_out, slice(n, None))), full_resolution(teacher_out),
-                           self.label_manager.has_regions)
+        cons = full_resolution_mse(batch_part(student_out, slice(n, None)), teacher_out, self.label_manager.has_regions)
         weight = self.consistency_weight * self.rampup()
         return sup + weight * cons, {"sup": sup.detach(), "cons": cons.detach(), "cons_weight": torch.tensor(weight)}
 

@@ -37,86 +37,16 @@ Everything else is our reconstruction. Each item is a class attribute:
   sigmoid ramp over ``rampup_fraction`` of training.
 * Inference: network 1, or the mean of both with ``inference = 'mean'``.
 """
-import math
-
 import torch
-import torch.nn.functional as F
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
+from nnunet_ssl.blocks.outputs import batch_part, full_resolution, probabilities
+from nnunet_ssl.blocks.pseudo_labels import pseudo_label_ce
+from nnunet_ssl.blocks.uncertainty import normalized_entropy, probability_mse, uncertainty_downweight
 from nnunet_ssl.errors import SSLConfigError
-from nnunet_ssl.losses import batch_part, full_resolution, probabilities
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.dropout import add_head_dropout, head_dropout_samples, take_head_input
+from nnunet_ssl.nnunet_internals import uncertainty_supervised_loss
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-
-
-def normalized_entropy(mean_probabilities: torch.Tensor, regions: bool) -> torch.Tensor:
-    """Per-voxel predictive entropy of Monte Carlo mean probabilities, normalised to [0, 1], shape (B, 1, ...).
-    For softmax outputs it is ``H(mean) / log C`` over the C classes. For region (sigmoid) channels it is the mean
-    over channels of the binary entropy divided by log 2. It is 0 for confident samples that agree and 1 for a
-    uniform mean."""
-    p = mean_probabilities.float()
-    if regions:
-        binary = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / math.log(2)
-        return binary.mean(1, keepdim=True).clamp(0, 1)
-    return (-torch.special.xlogy(p, p).sum(1, keepdim=True) / math.log(p.shape[1])).clamp(0, 1)
-
-
-def uncertainty_downweight(uncertainty: torch.Tensor, decay: float) -> torch.Tensor:
-    """Consistency voxel weight ``exp(-decay * u)``: 1 where certain, ``exp(-decay)`` where u = 1."""
-    return torch.exp(-decay * uncertainty)
-
-
-def _voxel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, regions: bool) -> torch.Tensor:
-    """Cross-entropy per voxel, shape (B, 1, ...), float32. ``labels`` holds class indices (B, ...) for softmax,
-    or 0/1 per region channel (B, R, ...); the binary cross-entropy is averaged over the region channels."""
-    logits = logits.float()
-    if regions:
-        return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(1, keepdim=True)
-    return F.cross_entropy(logits, labels.long(), reduction="none").unsqueeze(1)
-
-
-def uncertainty_weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, regions: bool,
-                            ignore_label=None) -> torch.Tensor:
-    """Mean of ``weight * cross-entropy`` over the labeled voxels. ``target`` is nnU-Net's: label map (B, 1, ...)
-    for softmax, one-hot regions for sigmoid, with the ignore flag as last channel when the dataset has an ignore
-    label."""
-    if ignore_label is None:
-        labels, labeled = (target if regions else target[:, 0]), torch.ones_like(target[:, :1], dtype=torch.float)
-    elif regions:
-        labels, labeled = target[:, :-1], 1 - target[:, -1:].float()
-    else:
-        labels, labeled = torch.where(target != ignore_label, target, 0)[:, 0], (target != ignore_label).float()
-    ce = _voxel_cross_entropy(logits, labels, regions)
-    return (weight * ce * labeled).sum() / labeled.sum().clamp_min(1)
-
-
-def uncertainty_supervised_loss(nnunet_loss, output, target, uncertainty: torch.Tensor, gain: float, regions: bool,
-                                ignore_label=None) -> torch.Tensor:
-    """nnU-Net's supervised loss (Dice+CE or Dice+BCE, with or without its deep-supervision wrapper) with the voxel
-    weight of the full-resolution cross-entropy raised from 1 to ``1 + gain * u``. It is nnU-Net's loss plus the
-    ``gain * u``-weighted cross-entropy, scaled by the weight nnU-Net gives its full-resolution CE."""
-    deep_supervision = isinstance(nnunet_loss, DeepSupervisionWrapper)
-    compound = nnunet_loss.loss if deep_supervision else nnunet_loss
-    ce_weight = (nnunet_loss.weight_factors[0] if deep_supervision else 1.0) * compound.weight_ce
-    extra = uncertainty_weighted_ce(full_resolution(output), full_resolution(target), gain * uncertainty, regions,
-                                    ignore_label)
-    return nnunet_loss(output, target) + ce_weight * extra
-
-
-def pseudo_label_ce(logits: torch.Tensor, target_probabilities: torch.Tensor, weight: torch.Tensor,
-                    regions: bool) -> torch.Tensor:
-    """Mean over voxels of ``weight * CE(logits, hard pseudo-label)``. The pseudo-label is the argmax class of
-    ``target_probabilities``, or ``> 0.5`` per region channel."""
-    labels = target_probabilities > 0.5 if regions else target_probabilities.argmax(1)
-    return (weight * _voxel_cross_entropy(logits, labels, regions)).mean()
-
-
-def probability_mse(logits: torch.Tensor, target_probabilities: torch.Tensor, weight: torch.Tensor,
-                    regions: bool) -> torch.Tensor:
-    """Mean over voxels of ``weight *`` the channel mean of ``(probabilities(logits) - target)^2``."""
-    squared = (probabilities(logits, regions) - target_probabilities.float()) ** 2
-    return (weight * squared.mean(1, keepdim=True)).mean()
 
 
 CONSISTENCY_LOSSES = {"ce": pseudo_label_ce, "mse": probability_mse}

@@ -1,0 +1,40 @@
+"""Boxes for CutMix and copy-paste, and mixing images, labels and region targets with them."""
+from typing import Sequence, Tuple
+
+import torch
+
+
+def random_boxes(side_fractions: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """One axis-aligned box per sample, ``round(fraction * size)`` voxels along every axis at a uniformly random
+    position, as a bool mask (N, 1, *spatial_shape). A fraction of 0 gives an empty box."""
+    n, device = side_fractions.shape[0], side_fractions.device
+    boxes = None
+    for axis, size in enumerate(spatial_shape):
+        side = torch.round(side_fractions * size).long()
+        start = (torch.rand(n, device=device) * (size - side + 1)).long()
+        coordinates = torch.arange(size, device=device)
+        inside = (coordinates >= start[:, None]) & (coordinates < (start + side)[:, None])
+        shape = [n, 1] + [1] * len(spatial_shape)
+        shape[axis + 2] = size
+        # the product of the per-axis intervals, broadcast: one full-size mask, written once
+        boxes = inside.view(shape) if boxes is None else boxes & inside.view(shape)
+    return boxes
+
+
+def cutmix_boxes(n: int, spatial_shape: Sequence[int], probability: float, volume_range: Tuple[float, float],
+                 device: torch.device) -> torch.Tensor:
+    """Per sample, with ``probability``, a box covering a uniformly drawn fraction ``volume_range`` of the patch
+    (equal relative side on every axis); otherwise an empty box."""
+    volume = torch.empty(n, device=device).uniform_(*volume_range)
+    applied = torch.rand(n, device=device) < probability
+    return random_boxes(volume ** (1 / len(spatial_shape)) * applied, spatial_shape)
+
+
+def paste(content: torch.Tensor, background: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``content`` inside the boxes, ``background`` outside (images, labels and region targets alike)."""
+    return torch.where(boxes, content, background)
+
+
+def with_partner(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """CutMix within the batch: sample i takes the box content of sample i - 1."""
+    return paste(x.roll(1, 0), x, boxes)
