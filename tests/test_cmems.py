@@ -21,6 +21,7 @@ from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetwork
                                                       UniformFeatureNoise)
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
 from nnunet_ssl.nnunet_internals import masked_segmentation_loss
+from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 
 
@@ -207,7 +208,7 @@ def test_step_supervises_each_network_with_the_other_networks_pseudo_labels_on_p
     trainer.masked_loss = lambda logits, target: calls.append((logits, target)) or masked_loss(logits, target)
     data, target, weak, batch = step_inputs(regions)
     n_l, n_u = data.shape[0], weak.shape[0]
-    total, terms = trainer.compute_loss(data, target, weak, batch)
+    total, terms = trainer.compute_loss(data, target, weak, batch, PassContext())
 
     x, outputs = trainer.network.input, trainer.network.outputs
     synthetic, strong = x[n_l:n_l + n_u], x[n_l + n_u:n_l + 2 * n_u]
@@ -267,7 +268,7 @@ def test_step_losses_and_gradients_are_those_of_one_batch_decoding(monkeypatch, 
             monkeypatch.setattr("nnunet_ssl.networks.feature_perturbation.decode_with_perturbed_features", decode)
         trainer.network.zero_grad(set_to_none=True)
         torch.manual_seed(5)
-        total, terms = trainer.compute_loss(data, target, weak, batch)
+        total, terms = trainer.compute_loss(data, target, weak, batch, PassContext())
         total.backward()
         results.append((total, terms, [p.grad for p in trainer.network.parameters()]))
     (total, terms, grads), (expected_total, expected_terms, expected_grads) = results
@@ -282,7 +283,7 @@ def test_step_losses_and_gradients_are_those_of_one_batch_decoding(monkeypatch, 
 def test_every_parameter_of_both_networks_gets_a_gradient():
     trainer = trainer_without_data()
     data, target, weak, batch = step_inputs(False)
-    total, _ = trainer.compute_loss(data, target, weak, batch)
+    total, _ = trainer.compute_loss(data, target, weak, batch, PassContext())
     total.backward()
     for name, parameter in trainer.network.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -291,7 +292,7 @@ def test_every_parameter_of_both_networks_gets_a_gradient():
 def test_one_exemplar_patch_serves_every_unlabeled_patch():
     trainer = trainer_without_data(feature_dropout=0)
     data, target, weak, batch = step_inputs(False, n_l=1, n_u=3)
-    total, terms = trainer.compute_loss(data, target, weak, batch)
+    total, terms = trainer.compute_loss(data, target, weak, batch, PassContext())
     assert torch.isfinite(total) and set(terms) == {"sup", "syn", "img", "fp", "confident", "unsup_weight"}
 
 

@@ -11,6 +11,7 @@ from torch._dynamo.utils import counters
 import nnunet_ssl.trainers as trainers
 from conftest import make_trainer
 from nnunet_ssl.networks.feature_perturbation import ChannelDropout, UniformFeatureNoise
+from nnunet_ssl.trainers.base import PassContext
 
 
 #: every trainer but self-training, whose loss and network are nnU-Net's own (a plain U-Net, Dice+CE) and whose
@@ -57,7 +58,7 @@ def test_loss_under_bfloat16_autocast_matches_float32(trainer_and_batch, name):
         torch.manual_seed(0)
         trainer.network.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-            loss, terms = trainer.compute_loss(data, target, unlabeled, batch)
+            loss, terms = trainer.compute_loss(data, target, unlabeled, batch, PassContext())
         loss.backward()
         results[precision] = loss, terms, flat_gradient(trainer.network)
     (loss32, terms32, grad32), (loss16, terms16, grad16) = results["float32"], results["bfloat16"]

@@ -10,6 +10,7 @@ from torch import nn
 from e2e import output_folder, train_resume_predict
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.blocks.distillation import dice_distillation
+from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -61,7 +62,7 @@ def test_distillation_weight_is_ramped_up_except_in_the_paper_variant(variant, w
     trainer.__class__ = type("DMD", (variant,), {})
     data, unlabeled = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
     seg = torch.randint(0, 3, (2, 1, 8, 8)).float()
-    total, terms = trainer.compute_loss(data, [seg, seg[:, :, ::2, ::2]], unlabeled, {})
+    total, terms = trainer.compute_loss(data, [seg, seg[:, :, ::2, ::2]], unlabeled, {}, PassContext())
     assert total.item() == pytest.approx((terms["sup1"] + terms["sup2"] + weight * terms["distill"]).item(),
                                          rel=1e-6)
 
@@ -71,7 +72,7 @@ def test_compute_loss_supervises_each_network_and_distils_over_all_samples():
     data, unlabeled = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
     seg = torch.randint(0, 3, (2, 1, 8, 8)).float()
     target = [seg, seg[:, :, ::2, ::2]]
-    total, terms = trainer.compute_loss(data, target, unlabeled, {})
+    total, terms = trainer.compute_loss(data, target, unlabeled, {}, PassContext())
     assert set(terms) == {"sup1", "sup2", "distill"}
 
     with torch.no_grad():  # same networks, same inputs: the terms computed by hand

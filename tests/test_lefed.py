@@ -1,3 +1,4 @@
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from e2e import train_resume_predict
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.lefed import LeFeDNetwork, encode_with_feedback, feature_discrepancy
+from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 
 ARCHITECTURES = ["PlainConvUNet", "ResidualEncoderUNet"]
@@ -156,7 +158,8 @@ def fake_trainer(net, passes=3):
 
     trainer.__dict__.update(network=net, loss=loss, label_manager=SimpleNamespace(has_regions=False),
                             device=torch.device("cpu"), grad_scaler=None, step_in_epoch=0, passes_per_batch=passes,
-                            optimizer=torch.optim.SGD(net.parameters(), lr=1e-2))
+                            optimizer=torch.optim.SGD(net.parameters(), lr=1e-2), current_epoch=0,
+                            num_epochs=2, num_iterations_per_epoch=2)
     return trainer, supervised_batches
 
 
@@ -181,27 +184,34 @@ def test_train_step_runs_k_passes_each_stepping_with_the_previous_pass_feedback(
     assert result["discrepancy"] > 0
 
 
-def test_pass_total_is_both_supervised_terms_plus_weighted_consistency():
+def test_pass_total_is_both_supervised_terms_plus_weighted_consistency_and_carries_the_feedback():
     net = build("PlainConvUNet", 2).train()
     trainer, _ = fake_trainer(net)
-    trainer.consistency_weight, trainer.pass_in_step = 2.5, 0
+    trainer.consistency_weight = 2.5
     target = [torch.rand(1, NUM_CLASSES, 16, 16), torch.rand(1, NUM_CLASSES, 8, 8)]
     images = image(2)
-    total, terms = trainer.compute_loss(images[:1], target, images[1:], {})
-    assert torch.isclose(total, terms["sup1"] + terms["sup2"] + 2.5 * terms["cons"])
+    context = PassContext(0, 3)
+    total, terms = trainer.compute_loss(images[:1], target, images[1:], {}, context)
+    assert torch.isclose(total, terms["sup1"] + terms["sup2"] + 2.5 * terms["cons"]), "no ramp-up, as released"
+    assert len(context.carry["feedback"]) == 3, "the feedback for the next pass"
+    trainer.rampup_fraction, trainer.current_epoch = 1.0, 1  # halfway through training: ramp-up exp(-5 / 4)
+    total, terms = trainer.compute_loss(images[:1], target, images[1:], {}, PassContext(1, 3, context.carry))
+    assert torch.isclose(total, terms["sup1"] + terms["sup2"] + 2.5 * math.exp(-5 / 4) * terms["cons"])
     total.backward()
     assert all(p.grad is not None for p in net.parameters()), "every parameter must enter the loss (DDP)"
 
 
-def test_mean_inference_averages_both_decoders():
+def test_mean_inference_averages_both_decoders_and_second_uses_decoder_2():
     class MeanLeFeD(nnUNetTrainerLeFeD):
-        inference_decoders = "mean"
+        inference = "mean"
 
     net = build(trainer=MeanLeFeD, deep_supervision=False)
     x = image(2)
     with torch.no_grad():
         out1, out2, _, _ = net.train()(x)
         assert torch.allclose(net.eval()(x), (out1 + out2) / 2, atol=1e-6)
+        net.inference = "second"
+        assert torch.allclose(net.eval()(x), out2, atol=1e-6)
     assert isinstance(net, LeFeDNetwork)
 
 

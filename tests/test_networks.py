@@ -55,11 +55,13 @@ def test_second_decoder_shares_the_encoder_but_not_the_weights():
                    for k in net.state_dict())
 
 
-def test_mean_inference_averages_the_logits():
+def test_mean_inference_averages_the_logits_and_second_uses_network_2():
     net = TwoNetworks(small_unet(deep_supervision=False), small_unet(deep_supervision=False), inference="mean").eval()
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(net(x), (net.net1(x) + net.net2(x)) / 2)
+        net.inference = "second"
+        assert torch.equal(net(x), net.net2(x))
 
 
 def test_teacher_is_an_exponential_moving_average_and_takes_no_gradient():

@@ -27,6 +27,7 @@ from nnunet_ssl.pseudolabel import (check_model_fits_dataset, export_pseudo_labe
                                     unlabeled_cases_of_fold)
 from nnunet_ssl.splits import make_ssl_splits, write_splits
 from nnunet_ssl.trainers import nnUNetTrainerPseudoLabel
+from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.pseudo_label import pseudo_patches_per_batch
 
 DATASET_ID = 996
@@ -346,7 +347,8 @@ def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
     assert batch["unlabeled"]["target"][0].shape[0] == 3
     assert set(batch["unlabeled"]["target"][0].unique().tolist()) <= {0, 3}
     assert (batch["unlabeled"]["target"][0] == 3).float().mean() > 0.5
-    loss, terms = trainer.compute_loss(batch["data"], batch["target"], batch["unlabeled"]["data"], batch)
+    loss, terms = trainer.compute_loss(batch["data"], batch["target"], batch["unlabeled"]["data"], batch,
+                                       PassContext())
     assert torch.isfinite(loss) and terms["pseudo_ignored"] > 0.5
 
 

@@ -15,15 +15,17 @@ from torch import nn
 
 from nnunet_ssl.blocks.ema import ema_update
 
-INFERENCE_MODES = ("first", "mean")
+#: what a container predicts with in eval mode: its first network / decoder / the student (the U-Net a plain
+#: nnU-Net checkpoint corresponds to), the second (network 2, decoder 2, the teacher), or the mean of both logits
+INFERENCE_CHOICES = ("first", "second", "mean")
 #: which of two co-trained U-Nets ``-pretrained_weights`` initialises: network 1 only, or both
 PRETRAINED_NETWORKS = ("first", "all")
 
 
-def _check_inference_mode(mode: str) -> str:
-    if mode not in INFERENCE_MODES:
-        raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}")
-    return mode
+def _check_inference(inference: str) -> str:
+    if inference not in INFERENCE_CHOICES:
+        raise ValueError(f"inference must be one of {INFERENCE_CHOICES}, got {inference!r}")
+    return inference
 
 
 def mean_of_outputs(a, b):
@@ -48,7 +50,8 @@ def clone_decoder(unet: nn.Module) -> nn.Module:
 
 class TwoNetworks(nn.Module):
     """Two complete U-Nets of the same architecture with independent initialisation (co-training, mutual
-    learning). Training: ``(out1, out2)``; eval: network 1, or the mean of both logits with ``inference='mean'``.
+    learning). Training: ``(out1, out2)``; eval: network 1, network 2 with ``inference='second'``, or the mean of
+    both logits with ``inference='mean'``.
 
     ``pretrained='first'``: a supervised checkpoint initialises network 1 only, and network 2 keeps its own random
     initialisation, the difference co-training and mutual learning rely on (nnU-Net's loader skips only the
@@ -60,7 +63,7 @@ class TwoNetworks(nn.Module):
             raise ValueError(f"pretrained must be one of {PRETRAINED_NETWORKS}, got {pretrained!r}")
         self.net1 = net1
         self.net2 = net2
-        self.inference = _check_inference_mode(inference)
+        self.inference = _check_inference(inference)
         self.pretrained = pretrained
 
     def forward(self, x):
@@ -68,7 +71,7 @@ class TwoNetworks(nn.Module):
             return self.net1(x), self.net2(x)
         if self.inference == "mean":
             return mean_of_outputs(self.net1(x), self.net2(x))
-        return self.net1(x)
+        return (self.net2 if self.inference == "second" else self.net1)(x)
 
     def pretrainable_unets(self) -> List[nn.Module]:
         return [self.net1, self.net2] if self.pretrained == "all" else [self.net1]
@@ -77,23 +80,22 @@ class TwoNetworks(nn.Module):
 class SharedEncoderTwoDecoders(nn.Module):
     """One encoder, two decoders. ``unet`` is nnU-Net's U-Net (encoder + decoder 1, key names as in a plain
     nnU-Net checkpoint under ``unet.``); ``decoder2`` reads the same skips. Training: ``(out1, out2)``; eval:
-    decoder 1, or the mean of both with ``inference='mean'``. A supervised checkpoint initialises the U-Net
-    (encoder and decoder 1); decoder 2 keeps its own initialisation."""
+    decoder 1, decoder 2 with ``inference='second'``, or the mean of both with ``inference='mean'``. A supervised
+    checkpoint initialises the U-Net (encoder and decoder 1); decoder 2 keeps its own initialisation."""
 
     def __init__(self, unet: nn.Module, decoder2: nn.Module = None, inference: str = "first"):
         super().__init__()
         self.unet = unet
         self.decoder2 = decoder2 if decoder2 is not None else clone_decoder(unet)
-        self.inference = _check_inference_mode(inference)
+        self.inference = _check_inference(inference)
 
     def forward(self, x):
         skips = self.unet.encoder(x)
-        out1 = self.unet.decoder(skips)
         if self.training:
-            return out1, self.decoder2(skips)
+            return self.unet.decoder(skips), self.decoder2(skips)
         if self.inference == "mean":
-            return mean_of_outputs(out1, self.decoder2(skips))
-        return out1
+            return mean_of_outputs(self.unet.decoder(skips), self.decoder2(skips))
+        return (self.decoder2 if self.inference == "second" else self.unet.decoder)(skips)
 
     def pretrainable_unets(self) -> List[nn.Module]:
         return [self.unet]
@@ -102,20 +104,21 @@ class SharedEncoderTwoDecoders(nn.Module):
 class StudentTeacher(nn.Module):
     """A student U-Net and its exponential-moving-average teacher (mean teacher). The teacher takes no gradient
     and is updated by :meth:`update_teacher`. Training: ``forward(x, teacher_input)`` returns
-    ``(student(x), teacher(teacher_input))``; eval: the student, or the teacher with ``inference='teacher'``.
-    A supervised checkpoint initialises both, so the teacher, an average of the student, starts equal to it."""
+    ``(student(x), teacher(teacher_input))``; eval: the student (``inference='first'``), the teacher
+    (``'second'``) or the mean of both logits (``'mean'``). A supervised checkpoint initialises both, so the
+    teacher, an average of the student, starts equal to it."""
 
-    def __init__(self, student: nn.Module, inference: str = "student"):
+    def __init__(self, student: nn.Module, inference: str = "first"):
         super().__init__()
-        if inference not in ("student", "teacher"):
-            raise ValueError(f"inference must be 'student' or 'teacher', got {inference!r}")
         self.student = student
         self.teacher = copy.deepcopy(student).requires_grad_(False)
-        self.inference = inference
+        self.inference = _check_inference(inference)
 
     def forward(self, x, teacher_input=None):
         if not self.training:
-            return (self.teacher if self.inference == "teacher" else self.student)(x)
+            if self.inference == "mean":
+                return mean_of_outputs(self.student(x), self.teacher(x))
+            return (self.teacher if self.inference == "second" else self.student)(x)
         student_out = self.student(x)
         if teacher_input is None:
             return student_out, None

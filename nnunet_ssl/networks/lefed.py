@@ -123,7 +123,8 @@ class LeFeDNetwork(SharedEncoderTwoDecoders):
 
     ``forward(x, feedback=None)``: in training mode ``(out1, out2, f1, f2)`` (outputs as nnU-Net's decoder gives
     them, stage features as in the module docstring); in eval mode decoder 1's output (= the plain U-Net when no
-    feedback is given), or the mean of both decoders' logits with ``inference='mean'``."""
+    feedback is given), decoder 2's with ``inference='second'``, or the mean of both decoders' logits with
+    ``inference='mean'``."""
 
     def __init__(self, unet: nn.Module, inference: str = "first"):
         if type(unet.encoder) not in (PlainConvEncoder, ResidualEncoder) or type(unet.decoder) is not UNetDecoder:
@@ -141,4 +142,4 @@ class LeFeDNetwork(SharedEncoderTwoDecoders):
         out2, features2 = self.decoder2(skips, features1)
         if self.training:
             return out1, out2, features1, features2
-        return mean_of_outputs(out1, out2)
+        return out2 if self.inference == "second" else mean_of_outputs(out1, out2)

@@ -4,15 +4,24 @@
 * a composite loader: each training step gets nnU-Net's labeled batch plus ``batch['unlabeled']``, both
   augmented by nnU-Net's own pipeline in nnU-Net's worker pool;
 * the network built from the plans: :meth:`build_ssl_network` wires fresh plans U-Nets into the method's network;
+  ``inference`` chooses what it predicts with ('first', 'second' or 'mean');
 * a train step with nnU-Net's AMP / gradient clipping / optimizer pattern around :meth:`compute_loss`, which a
-  method implements, returning its total loss and its named terms (``passes_per_batch`` such passes per batch);
-* every term logged per epoch in nnU-Net's log and drawn in progress.png;
+  method implements, returning its total loss and its named terms (``passes_per_batch`` such passes per batch, a
+  :class:`PassContext` telling each pass which it is and carrying state to the next), and
+  :meth:`after_optimizer_step` after each optimizer step (an EMA update, say);
+* every setting (class attribute) checked when the trainer is made, from the ``settings_checks`` tables of the
+  class and its parents (:mod:`nnunet_ssl.trainers.settings`);
+* every term logged per epoch in nnU-Net's log and drawn in progress.png. One rule for names: a term without an
+  index (``sup``, ``cons``) is per network, averaged over the networks or decoders that have it, so it keeps one
+  network's scale whatever the method; ``sup1`` / ``sup2`` are the values of network (decoder) 1 and 2; a term of
+  the pair (``distill``) or a weight (``cons_weight``) is logged as it enters the loss;
 * the ramp-up position derived from the epoch and the step within it, so ``--c`` resumes it exactly.
 
 All SSL state lives inside ``self.network`` (second network, teacher, extra decoder), so nnU-Net's own
 checkpoints hold it and ``--c`` restores it with nnU-Net's code.
 """
 import os
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,9 +43,10 @@ from nnunet_ssl.data.unlabeled import UnlabeledImages, collect_unlabeled_cases
 from nnunet_ssl.blocks.schedules import sigmoid_rampup
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.networks import pretrained
-from nnunet_ssl.networks.containers import PRETRAINED_NETWORKS
+from nnunet_ssl.networks.containers import INFERENCE_CHOICES, PRETRAINED_NETWORKS
 from nnunet_ssl.splits import check_enough_cases_for_default_split, check_fold, read_splits
 from nnunet_ssl.trainers.logging import SSLLocalLogger
+from nnunet_ssl.trainers.settings import Allowed, at_least, check_settings, count, one_of, optional
 
 pretrained.install()
 
@@ -47,17 +57,32 @@ NNUNET_INIT_SETTINGS = ("initial_lr", "weight_decay", "oversample_foreground_per
                         "enable_deep_supervision")
 
 
+@dataclass
+class PassContext:
+    """What :meth:`nnUNetTrainerSSLBase.compute_loss` learns about its pass: ``index`` of ``count`` passes over the
+    same batch (``passes_per_batch``), and ``carry``, a dict made fresh per batch that a pass fills for the later
+    passes of the same batch (LeFeD's feedback)."""
+    index: int = 0
+    count: int = 1
+    carry: dict = field(default_factory=dict)
+
+    @property
+    def is_last(self) -> bool:
+        return self.index + 1 == self.count
+
+
 class nnUNetTrainerSSLBase(nnUNetTrainer):
     """Base of all nnunet-ssl trainers. Subclasses implement :meth:`compute_loss` and usually
-    :meth:`build_ssl_network`; hyper-parameters are class attributes, so a variant is a short subclass."""
+    :meth:`build_ssl_network`; hyper-parameters are class attributes, so a variant is a short subclass, and each
+    is declared with its allowed values in ``settings_checks``."""
 
     #: unlabeled patches per step (global, split across GPUs like the labeled batch); None = labeled batch size
     unlabeled_batch_size: Optional[int] = None
     #: fraction of the whole training over which :meth:`rampup` rises from ~0 to 1 (UA-MT / SSL4MIS ramp over
     #: the whole run: consistency_rampup x 150 iterations = max_iterations)
     rampup_fraction: float = 1.0
-    #: optimisation passes (forward, loss, backward, optimizer step) over each batch; ``self.pass_in_step`` tells
-    #: :meth:`compute_loss` which one it is
+    #: optimisation passes (forward, loss, backward, optimizer step) over each batch; the :class:`PassContext`
+    #: tells :meth:`compute_loss` which one it is
     passes_per_batch: int = 1
     #: epochs between checkpoint_latest saves (nnU-Net: 50). An SSL epoch costs 2-13x nnU-Net's, so 10 keeps what
     #: a crash can lose to about the wall time nnU-Net risks
@@ -66,6 +91,27 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     #: keeps its own random initialisation, the difference between the networks that co-training relies on) or
     #: 'all'. A mean teacher always starts equal to its student; LeFeD's second decoder is never in a checkpoint
     pretrained_networks: str = "first"
+    #: what the network predicts with in validation and nnUNetv2_predict: 'first' (network 1, decoder 1 or the
+    #: student: the U-Net a plain nnU-Net checkpoint corresponds to), 'second' (network 2, decoder 2 or the teacher)
+    #: or 'mean' (the mean of both logits)
+    inference: str = "first"
+
+    #: allowed values of the settings, merged over the class hierarchy (see :mod:`nnunet_ssl.trainers.settings`)
+    settings_checks: Dict[str, Allowed] = {
+        "unlabeled_batch_size": optional(count(1)), "rampup_fraction": at_least(0), "passes_per_batch": count(1),
+        "save_every_epochs": count(1), "pretrained_networks": one_of(*PRETRAINED_NETWORKS),
+        "inference": one_of(*INFERENCE_CHOICES)}
+    #: former setting names -> the setting that replaced them
+    renamed_settings = {"inference_network": "inference", "inference_decoders": "inference",
+                        "inference_mode": "inference"}
+
+    @classmethod
+    def check_settings(cls) -> None:
+        """Raise SSLConfigError naming the first class attribute outside its ``settings_checks`` entry."""
+        table = {}
+        for klass in reversed(cls.__mro__):
+            table.update(vars(klass).get("settings_checks", {}))
+        check_settings(cls, table, cls.renamed_settings)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -77,14 +123,11 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
             raise SSLConfigError(f"configuration '{configuration}' is a cascade stage; semi-supervised trainers "
                                  f"support 2d, 3d_fullres and 3d_lowres (unlabeled cases have no previous-stage "
                                  f"segmentations)")
-        if self.pretrained_networks not in PRETRAINED_NETWORKS:
-            raise SSLConfigError(f"{type(self).__name__}.pretrained_networks must be one of {PRETRAINED_NETWORKS}, "
-                                 f"got {self.pretrained_networks!r}")
+        self.check_settings()
         self.logger.local_logger = SSLLocalLogger(self.logger.local_logger)
         self.unlabeled_cases: Dict[str, str] = {}
         self.batch_size_unlabeled: Optional[int] = None
         self.step_in_epoch = 0
-        self.pass_in_step = 0
         self.save_every = self.save_every_epochs
 
     # ---- network ----------------------------------------------------------------------------------------
@@ -92,7 +135,8 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
                                    num_output_channels, enable_deep_supervision=True):
         """nnU-Net's hook, kept with its signature (nnU-Net's predictor calls it); methods override
-        :meth:`build_ssl_network` instead."""
+        :meth:`build_ssl_network` instead. Checks the settings first, as the predictor makes no trainer."""
+        cls.check_settings()
         def new_unet():
             return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                             num_output_channels, enable_deep_supervision)
@@ -271,6 +315,11 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
             return [self.to_device(i) for i in x]
         return x.to(self.device, non_blocking=True)
 
+    @property
+    def global_step(self) -> int:
+        """Training steps (batches) done before the current one, over all epochs: the position for schedules."""
+        return self.current_epoch * self.num_iterations_per_epoch + self.step_in_epoch
+
     def training_progress(self) -> float:
         """Fraction of the training done, from the epoch and the step within it (restored exactly by --c)."""
         done = self.current_epoch + self.step_in_epoch / self.num_iterations_per_epoch
@@ -280,12 +329,17 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
         """The sigmoid ramp-up factor in [0, 1] at the current step, over ``rampup_fraction`` of training."""
         return sigmoid_rampup(self.training_progress(), self.rampup_fraction)
 
-    def compute_loss(self, data: torch.Tensor, target, data_unlabeled: torch.Tensor,
-                     batch: dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """The method's loss for one step: ``(total, {term name: value})``. Runs under autocast on CUDA.
-        ``data``/``target`` are the labeled batch (target a deep-supervision list), ``data_unlabeled`` the
-        unlabeled one; ``batch['unlabeled']`` holds any extra tensors of the unlabeled transforms (on CPU)."""
+    def compute_loss(self, data: torch.Tensor, target, data_unlabeled: torch.Tensor, batch: dict,
+                     context: PassContext) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The method's loss for one pass: ``(total, {term name: value})``, the terms named by the rule of the module
+        docstring. Runs under autocast on CUDA. ``data``/``target`` are the labeled batch (target a
+        deep-supervision list), ``data_unlabeled`` the unlabeled one; ``batch['unlabeled']`` holds any extra
+        tensors of the unlabeled transforms (on CPU); ``context`` says which pass of the batch this is and carries
+        what earlier passes of it left."""
         raise NotImplementedError
+
+    def after_optimizer_step(self, context: PassContext) -> None:
+        """Called after each optimizer step (once per pass), e.g. for an EMA teacher update. Default: nothing."""
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         """nnU-Net's backward, gradient clipping (norm 12) and optimizer step, with the grad scaler on CUDA."""
@@ -303,12 +357,14 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     def train_step(self, batch: dict) -> dict:
         data, target = self.to_device(batch["data"]), self.to_device(batch["target"])
         data_unlabeled = self.to_device(batch["unlabeled"]["data"])
-        logged = []
-        for self.pass_in_step in range(self.passes_per_batch):
+        logged, carry = [], {}
+        for index in range(self.passes_per_batch):
+            context = PassContext(index, self.passes_per_batch, carry)
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                loss, terms = self.compute_loss(data, target, data_unlabeled, batch)
+                loss, terms = self.compute_loss(data, target, data_unlabeled, batch, context)
             self.optimizer_step(loss)
+            self.after_optimizer_step(context)
             logged.append(torch.stack([torch.as_tensor(v, device=loss.device).detach().float()
                                        for v in (loss, *terms.values())]))
         self.step_in_epoch += 1

@@ -34,7 +34,7 @@ Our choices where the paper is unknown (all class attributes):
   data); the two perturbation terms ramp up with the base's sigmoid ramp-up over the whole training (SSL4MIS);
 * ``-pretrained_weights`` initialises network 1 only; network 2 keeps its random initialisation, so that the
   two networks' pseudo-labels differ (``pretrained_networks = 'all'`` loads both);
-* inference: network 1 (``inference_mode = 'mean'`` averages both).
+* inference: network 1 (``inference = 'mean'`` averages both, ``'second'`` uses network 2).
 
 Per step and network: one encoder pass over exemplar + synthetic + strong + weak patches, one decoder pass over
 those and one over the perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 5 B_u`` decoder samples).
@@ -52,6 +52,7 @@ from nnunet_ssl.nnunet_internals import masked_segmentation_loss
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
                                                       UniformFeatureNoise)
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.settings import at_least, fraction, fraction_range, instance_of
 
 
 class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
@@ -68,14 +69,18 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
     feature_dropout = 0.5
     #: half-width r of the multiplicative feature noise U(-r, r) (0 disables this perturbation)
     feature_noise = 0.3
-    #: 'first' (network 1) or 'mean' (average of both networks' logits) for prediction
-    inference_mode = "first"
+
+    settings_checks = {"confidence_threshold": fraction(), "image_perturbation_weight": at_least(0),
+                       "feature_perturbation_weight": at_least(0), "synthetic_weight": at_least(0),
+                       "strong_intensity": instance_of(StrongIntensity), "cutmix_probability": fraction(),
+                       "cutmix_volume": fraction_range(), "paste_side_fraction": fraction(),
+                       "feature_dropout": fraction(closed_above=False), "feature_noise": at_least(0)}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
         perturbations = ([ChannelDropout(cls.feature_dropout)] if cls.feature_dropout > 0 else []) + \
                         ([UniformFeatureNoise(cls.feature_noise)] if cls.feature_noise > 0 else [])
-        return TwoNetworksWithFeaturePerturbation(new_unet(), new_unet(), perturbations, inference=cls.inference_mode,
+        return TwoNetworksWithFeaturePerturbation(new_unet(), new_unet(), perturbations, inference=cls.inference,
                                                   pretrained=cls.pretrained_networks)
 
     def initialize(self):
@@ -111,7 +116,7 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
         target = with_ignored(labels.to(like.dtype), confident, regions, self.ignore_label_for_pseudo_labels)
         return target, confident.float().mean()
 
-    def compute_loss(self, data, target, data_unlabeled, batch):
+    def compute_loss(self, data, target, data_unlabeled, batch, context):
         n_l, n_u, spatial, device = data.shape[0], data_unlabeled.shape[0], data.shape[2:], data.device
         mix = cutmix_boxes(n_u, spatial, self.cutmix_probability, self.cutmix_volume, device)
         strong = with_partner(self.to_device(batch["unlabeled"][STRONG_VIEW_KEY]), mix)

@@ -40,16 +40,16 @@ Our choices and deviations:
   gradients clipped jointly at norm 12. No dropout; the released V-Net uses dropout 0.5.
 * ``-pretrained_weights`` initialises network 1 only; network 2 keeps its random initialisation, since that
   difference is DMD's only perturbation (``pretrained_networks = 'all'`` loads both).
-* Inference uses network 1, as the released code saves only ``model_1``. ``inference_network = 'mean'`` averages
-  the logits of both networks.
+* Inference uses network 1, as the released code saves only ``model_1`` (``inference = 'first'``); ``'mean'``
+  averages the logits of both networks, ``'second'`` uses network 2.
 """
 import torch
 
 from nnunet_ssl.blocks.distillation import dice_distillation, kl_distillation
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution
-from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.settings import BOOLEAN, above, at_least, one_of
 
 
 class nnUNetTrainerDMD(nnUNetTrainerSSLBase):
@@ -65,18 +65,14 @@ class nnUNetTrainerDMD(nnUNetTrainerSSLBase):
     distill_background = False
     #: smoothing term of the distillation Dice (SASSNet / DMD code)
     dice_smooth = 1e-5
-    #: 'first' (network 1, as released) or 'mean' (mean of both networks' logits) for prediction
-    inference_network = "first"
 
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.distillation not in ("dice", "kl"):
-            raise SSLConfigError(f"{type(self).__name__}.distillation must be 'dice' or 'kl', "
-                                 f"got {self.distillation!r}")
+    settings_checks = {"distillation_weight": at_least(0), "temperature": above(0),
+                       "distillation": one_of("dice", "kl"), "distill_deep_supervision": BOOLEAN,
+                       "distill_background": BOOLEAN, "dice_smooth": at_least(0)}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
-        return TwoNetworks(new_unet(), new_unet(), inference=cls.inference_network,
+        return TwoNetworks(new_unet(), new_unet(), inference=cls.inference,
                            pretrained=cls.pretrained_networks)  # two initialisations
 
     def distillation_term(self, logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
@@ -92,7 +88,7 @@ class nnUNetTrainerDMD(nnUNetTrainerSSLBase):
             return sum(w * self.distillation_term(a, b) for w, a, b in zip(self.loss.weight_factors, out1, out2))
         return self.distillation_term(full_resolution(out1), full_resolution(out2))
 
-    def compute_loss(self, data, target, data_unlabeled, batch):
+    def compute_loss(self, data, target, data_unlabeled, batch, context):
         out1, out2 = self.network(torch.cat((data, data_unlabeled)))
         labeled = slice(None, data.shape[0])
         sup1 = self.loss(batch_part(out1, labeled), target)

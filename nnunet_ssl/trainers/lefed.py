@@ -14,8 +14,9 @@ the whole batch. Prediction: decoder 1 without feedback, i.e. the plain nnU-Net 
 
 As the released code: 3 passes with an optimizer step each (so 3x nnU-Net's optimizer steps per epoch), feedback
 scale 1e-3 at every stage including the bottleneck (whose term is ``1e-3 * b * sigmoid(b)``), detached sigmoid
-gates, interpolation with ``align_corners=True``, consistency weight 1 without ramp-up, inference with decoder 1
-(its latest commit; ``inference_decoders = 'mean'`` averages both decoders' logits, the earlier behaviour).
+gates, interpolation with ``align_corners=True``, consistency weight 1 without ramp-up (``rampup_fraction = 0``; a
+positive value ramps the consistency weight up with the base's sigmoid), inference with decoder 1 (its latest
+commit; ``inference = 'mean'`` averages both decoders' logits, the earlier behaviour; ``'second'`` uses decoder 2).
 
 Our choices and deviations (nnU-Net conventions where the released code's V-Net differs):
 
@@ -32,7 +33,8 @@ Our choices and deviations (nnU-Net conventions where the released code's V-Net 
 * optimizer, schedule and batch: nnU-Net's (SGD 1e-2, momentum 0.99, poly decay per epoch; the plans' batch of
   labeled patches plus as many unlabeled) instead of SGD 0.01 / momentum 0.9 / wd 1e-4 / x0.1 every 2,500 batches
   and 2 labeled + 2 unlabeled patches;
-* the feedback is kept in float32 under mixed precision.
+* the feedback is kept in float32 under mixed precision; it passes from one pass to the next in the base's
+  :class:`~nnunet_ssl.trainers.base.PassContext` (``carry['feedback']``).
 
 The logged terms (``sup1``, ``sup2``, ``cons``, ``discrepancy`` = mean |f2 - f1| over stages, unscaled) and the
 loss are means over the passes of a batch.
@@ -43,6 +45,7 @@ from nnunet_ssl.blocks.consistency import full_resolution_mse
 from nnunet_ssl.blocks.outputs import batch_part
 from nnunet_ssl.networks.lefed import LeFeDNetwork, feature_discrepancy
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.settings import at_least
 
 
 class nnUNetTrainerLeFeD(nnUNetTrainerSSLBase):
@@ -50,26 +53,28 @@ class nnUNetTrainerLeFeD(nnUNetTrainerSSLBase):
     feedback_scale = 1e-3
     #: K: forward/backward/optimizer-step passes per batch; the first one without feedback
     passes_per_batch = 3
+    #: maximum consistency weight, reached by the sigmoid ramp-up (none: ``rampup_fraction = 0``, as released)
     consistency_weight = 1.0
-    #: 'first' (decoder 1, as the released code) or 'mean' (mean of both decoders' logits) for prediction
-    inference_decoders = "first"
+    rampup_fraction = 0.0
+
+    settings_checks = {"feedback_scale": at_least(0), "consistency_weight": at_least(0)}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
-        return LeFeDNetwork(new_unet(), inference=cls.inference_decoders)
+        return LeFeDNetwork(new_unet(), inference=cls.inference)
 
-    def compute_loss(self, data, target, data_unlabeled, batch):
+    def compute_loss(self, data, target, data_unlabeled, batch, context):
         """One pass over labeled + unlabeled patches; passes after the first feed the previous pass's decoder
         discrepancy back into the encoder."""
-        feedback = self.next_feedback if self.pass_in_step > 0 else None
+        feedback = context.carry.get("feedback")
         out1, out2, features1, features2 = self.network(torch.cat((data, data_unlabeled)), feedback)
         labeled = slice(None, data.shape[0])
         sup1 = self.loss(batch_part(out1, labeled), target)
         sup2 = self.loss(batch_part(out2, labeled), target)
         cons = full_resolution_mse(out1, out2, self.label_manager.has_regions)
         differences = feature_discrepancy(features1, features2)
-        self.next_feedback = [self.feedback_scale * d for d in differences] \
-            if self.pass_in_step + 1 < self.passes_per_batch else None
+        if not context.is_last:
+            context.carry["feedback"] = [self.feedback_scale * d for d in differences]
         terms = {"sup1": sup1.detach(), "sup2": sup2.detach(), "cons": cons.detach(),
                  "discrepancy": torch.stack([d.abs().mean() for d in differences]).mean()}
-        return sup1 + sup2 + self.consistency_weight * cons, terms
+        return sup1 + sup2 + self.consistency_weight * self.rampup() * cons, terms

@@ -5,16 +5,19 @@ consistency loss on the unlabeled ones: the mean squared difference between the 
 probabilities, the teacher seeing the same patch plus small Gaussian noise. The teacher is an exponential moving
 average of the student. Choices follow SSL4MIS ``train_mean_teacher_*.py``: EMA decay 0.99 with the
 ``1 - 1/(step + 1)`` warm-up, consistency weight 0.1 with the sigmoid ramp-up over the whole training, noise
-``clamp(N(0, 0.1), -0.2, 0.2)``, consistency at full resolution only. Inference uses the student.
+``clamp(N(0, 0.1), -0.2, 0.2)``, consistency at full resolution only. Inference uses the student
+(``inference = 'first'``; ``'second'`` the teacher, ``'mean'`` the mean of both logits).
 ``-pretrained_weights`` initialises the student and the teacher alike: the teacher, an average of the student,
 starts equal to it.
 """
 import torch
 
+from nnunet_ssl.blocks import ema
 from nnunet_ssl.blocks.consistency import full_resolution_mse
 from nnunet_ssl.blocks.outputs import batch_part
 from nnunet_ssl.networks.containers import StudentTeacher
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.settings import at_least, fraction
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
@@ -22,14 +25,15 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
     consistency_weight = 0.1
     teacher_noise_std = 0.1
     teacher_noise_clip = 0.2
-    #: 'student' (as SSL4MIS evaluates) or 'teacher' for prediction
-    inference_network = "student"
+
+    settings_checks = {"ema_decay": fraction(), "consistency_weight": at_least(0), "teacher_noise_std": at_least(0),
+                       "teacher_noise_clip": at_least(0)}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
-        return StudentTeacher(new_unet(), inference=cls.inference_network)
+        return StudentTeacher(new_unet(), inference=cls.inference)
 
-    def compute_loss(self, data, target, data_unlabeled, batch):
+    def compute_loss(self, data, target, data_unlabeled, batch, context):
         noise = torch.clamp(torch.randn_like(data_unlabeled) * self.teacher_noise_std,
                             -self.teacher_noise_clip, self.teacher_noise_clip)
         student_out, teacher_out = self.network(torch.cat((data, data_unlabeled)), data_unlabeled + noise)
@@ -39,9 +43,5 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
         weight = self.consistency_weight * self.rampup()
         return sup + weight * cons, {"sup": sup.detach(), "cons": cons.detach(), "cons_weight": torch.tensor(weight)}
 
-    def train_step(self, batch):
-        step = self.current_epoch * self.num_iterations_per_epoch + self.step_in_epoch
-        result = super().train_step(batch)
-        decay = min(1 - 1 / (step + 1), self.ema_decay)
-        self.network_module.update_teacher(decay)
-        return result
+    def after_optimizer_step(self, context):
+        self.network_module.update_teacher(ema.ema_decay(self.global_step, self.ema_decay))

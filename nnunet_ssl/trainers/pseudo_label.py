@@ -33,6 +33,7 @@ from nnunet_ssl.data.strong_views import StrongIntensity, strong_intensity_trans
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.nnunet_internals import label_manager_with_ignore, sample_without_ignore
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.settings import BOOLEAN, fraction, instance_of, one_of, optional
 
 
 def pseudo_patches_per_batch(batch_size: int, share: float) -> int:
@@ -59,6 +60,14 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerSSLBase):
     #: synthetic data of tests/test_learning.py (100 steps) StrongIntensity() lowered the student's Dice from 0.88
     #: to 0.81, with the teacher at 0.90
     student_augmentation: Optional[StrongIntensity] = None
+    #: no ramp-up: pseudo-labeled patches count fully from the first step (the base's ramp-up is refused)
+    rampup_fraction: float = 0.0
+
+    settings_checks = {"pseudo_label_share": fraction(closed_above=False, closed_below=False),
+                       "confidence_threshold": fraction(), "init_from_teacher": BOOLEAN,
+                       "student_augmentation": optional(instance_of(StrongIntensity)),
+                       # one plain U-Net; the pseudo-labeled share of the batch replaces unlabeled_batch_size
+                       "inference": one_of("first"), "rampup_fraction": one_of(0), "unlabeled_batch_size": one_of(None)}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -187,7 +196,7 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerSSLBase):
             f"{self.batch_size_unlabeled} of {self.batch_size + self.batch_size_unlabeled} patches pseudo-labeled",
             also_print_to_console=True)
 
-    def compute_loss(self, data, target, data_unlabeled, batch):
+    def compute_loss(self, data, target, data_unlabeled, batch, context):
         pseudo_target = self.to_device(batch["unlabeled"]["target"])
         if isinstance(target, list):
             all_targets = [torch.cat(pair) for pair in zip(target, pseudo_target)]

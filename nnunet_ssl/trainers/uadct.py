@@ -35,18 +35,19 @@ Everything else is our reconstruction. Each item is a class attribute:
 * Total: ``sup_1 + sup_2 + consistency_weight * rampup * (cons_1 + cons_2)``. ``consistency_weight`` = 1, the
   scale of a cross-entropy pseudo-label term (CPS); the field's 0.1 belongs to MSE terms. ``rampup`` is the field's
   sigmoid ramp over ``rampup_fraction`` of training.
-* Inference: network 1, or the mean of both with ``inference = 'mean'``.
+* Inference: network 1, or the mean of both with ``inference = 'mean'`` (``'second'``: network 2).
+* Logged: ``sup`` and ``cons`` are the means over the two networks (the loss has their sums).
 """
 import torch
 
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution, probabilities
 from nnunet_ssl.blocks.pseudo_labels import pseudo_label_ce
 from nnunet_ssl.blocks.uncertainty import normalized_entropy, probability_mse, uncertainty_downweight
-from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.dropout import add_head_dropout, head_dropout_samples, take_head_input
 from nnunet_ssl.nnunet_internals import uncertainty_supervised_loss
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.settings import at_least, count, fraction, one_of
 
 
 CONSISTENCY_LOSSES = {"ce": pseudo_label_ce, "mse": probability_mse}
@@ -70,21 +71,11 @@ class nnUNetTrainerUADCT(nnUNetTrainerSSLBase):
     consistency_uncertainty = "joint"
     #: maximum consistency weight, reached by the sigmoid ramp-up
     consistency_weight = 1.0
-    #: 'first' (network 1) or 'mean' (mean of both networks' logits) for validation and prediction
-    inference = "first"
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.mc_samples < 1 or self.mc_chunk_size < 1:
-            raise SSLConfigError(f"mc_samples and mc_chunk_size must be >= 1, got {self.mc_samples} and "
-                                 f"{self.mc_chunk_size}")
-        if self.consistency_loss not in CONSISTENCY_LOSSES:
-            raise SSLConfigError(f"consistency_loss must be one of {sorted(CONSISTENCY_LOSSES)}, "
-                                 f"got {self.consistency_loss!r}")
-        if self.consistency_uncertainty not in CONSISTENCY_UNCERTAINTIES:
-            raise SSLConfigError(f"consistency_uncertainty must be one of {CONSISTENCY_UNCERTAINTIES}, "
-                                 f"got {self.consistency_uncertainty!r}")
+    settings_checks = {"mc_dropout_rate": fraction(closed_above=False), "mc_samples": count(1),
+                       "mc_chunk_size": count(1), "supervised_uncertainty_gain": at_least(0),
+                       "consistency_uncertainty_decay": at_least(0), "consistency_loss": one_of(*CONSISTENCY_LOSSES),
+                       "consistency_uncertainty": one_of(*CONSISTENCY_UNCERTAINTIES), "consistency_weight": at_least(0)}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
@@ -129,11 +120,11 @@ class nnUNetTrainerUADCT(nnUNetTrainerSSLBase):
                  "uncertainty_unlabeled": torch.stack([u.mean() for u in cons_uncertainties]).mean()}
         return sup, cons, terms
 
-    def compute_loss(self, data, target, data_unlabeled, batch):
+    def compute_loss(self, data, target, data_unlabeled, batch, context):
         sup, cons, terms = self.losses(data, target, data_unlabeled)
         weight = self.consistency_weight * self.rampup()
-        return sup + weight * cons, {"sup": sup.detach(), "cons": cons.detach(), "cons_weight": torch.tensor(weight),
-                                     **terms}
+        return sup + weight * cons, {"sup": sup.detach() / 2, "cons": cons.detach() / 2,
+                                     "cons_weight": torch.tensor(weight), **terms}
 
 
 class nnUNetTrainerUADCT_paper(nnUNetTrainerUADCT):
