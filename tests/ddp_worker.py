@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 import nnunet_ssl.trainers as trainers
+from helpers import shrink_plans
 from nnunet_ssl.errors import SSLConfigError
 
 #: the trainers with an unlabeled image stream; nnUNetTrainerPseudoLabel needs a teacher's pseudo-labels and splits
@@ -45,10 +46,7 @@ def on_cpu(trainer_class):
 def tiny_plans():
     folder = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset990_SSLDemo")
     plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
-    configuration = plans["configurations"]["2d"]
-    configuration["architecture"]["arch_kwargs"].update(features_per_stage=[4, 8, 16], n_conv_per_stage=[1, 1, 1],
-                                                        n_conv_per_stage_decoder=[1, 1])
-    return plans, load_json(os.path.join(folder, "dataset.json"))
+    return shrink_plans(plans, "2d"), load_json(os.path.join(folder, "dataset.json"))
 
 
 def make(trainer_class, labeled=LABELED):

@@ -1,20 +1,15 @@
 import glob
 import math
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from conftest import bin_path, clone_dataset, run_cli
 from e2e import output_folder, train_resume_predict
+from helpers import tiny_configuration, tiny_unet, trainer_stub
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
@@ -80,15 +75,6 @@ def test_strong_view_without_perturbations_is_an_exact_copy_and_the_weak_view_is
 
 
 # ---- feature perturbation ----------------------------------------------------------------------------------------
-def tiny_unet(num_classes=3, dim=2, residual=False):
-    conv, norm = (nn.Conv2d, nn.InstanceNorm2d) if dim == 2 else (nn.Conv3d, nn.InstanceNorm3d)
-    common = dict(conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
-                  nonlin_kwargs={"inplace": True}, deep_supervision=True)
-    if residual:
-        return ResidualEncoderUNet(1, 3, (4, 8, 8), conv, 3, (1, 2, 2), (1, 1, 1), num_classes, (1, 1), **common)
-    return PlainConvUNet(1, 3, (4, 8, 8), conv, 3, (1, 2, 2), 1, num_classes, 1, **common)
-
-
 def test_channel_dropout_drops_whole_channels_in_training_only():
     torch.manual_seed(0)
     x = torch.rand(4, 16, 5, 5) + 1
@@ -114,7 +100,7 @@ def test_uniform_noise_scales_each_element_by_at_most_r_in_training_only():
 @pytest.mark.parametrize("dim", [2, 3])
 def test_feature_perturbation_changes_predictions_only_in_training_and_adds_no_parameters(dim, residual):
     torch.manual_seed(0)
-    net1, net2 = tiny_unet(dim=dim, residual=residual), tiny_unet(dim=dim, residual=residual)
+    net1, net2 = (tiny_unet(dim, "residual" if residual else "plain") for _ in range(2))
     plain = TwoNetworks(net1, net2)
     net = TwoNetworksWithFeaturePerturbation(net1, net2, [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
     assert net.state_dict().keys() == plain.state_dict().keys() and net.pretrainable_unets() == [net1]
@@ -135,15 +121,7 @@ def test_feature_perturbation_changes_predictions_only_in_training_and_adds_no_p
 
 
 def test_trainer_builds_two_differently_initialised_unets_that_predict_one_tensor():
-    kwargs = dict(n_stages=3, features_per_stage=[4, 8, 8], conv_op="torch.nn.modules.conv.Conv2d",
-                  kernel_sizes=[[3, 3]] * 3, strides=[[1, 1], [2, 2], [2, 2]], n_conv_per_stage=[1, 1, 1],
-                  n_conv_per_stage_decoder=[1, 1], conv_bias=True,
-                  norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
-                  norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
-                  nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True})
-    cm = ConfigurationManager({"architecture": {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet", "arch_kwargs": kwargs,
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+    cm = tiny_configuration(2)
     net = nnUNetTrainerCMEMS.build_network_architecture(None, cm, 1, 3, enable_deep_supervision=False)
     assert [type(p) for p in net.perturbations] == [ChannelDropout, UniformFeatureNoise]
     assert not torch.equal(next(net.net1.parameters()), next(net.net2.parameters()))
@@ -169,21 +147,12 @@ class Recording(nn.Module):
 
 def trainer_without_data(regions=False, **attributes):
     """A CMEMS trainer holding only what compute_loss and the unlabeled transforms need (no plans, no data)."""
-    trainer = object.__new__(type("CMEMS", (nnUNetTrainerCMEMS,), attributes))
     torch.manual_seed(0)
     heads = 2 if regions else 3
-    trainer.network = TwoNetworksWithFeaturePerturbation(tiny_unet(heads), tiny_unet(heads),
-                                                         [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
-    trainer.label_manager = SimpleNamespace(has_regions=regions, ignore_label=None, num_segmentation_heads=heads,
-                                            foreground_labels=[1, 2])
-    trainer.configuration_manager = SimpleNamespace(use_mask_for_norm=[False], batch_dice=True)
-    dice = {"batch_dice": True, "smooth": 1e-5, "do_bg": regions, "ddp": False}
-    base = DC_and_BCE_loss({}, dice, dice_class=MemoryEfficientSoftDiceLoss) if regions else \
-        DC_and_CE_loss(dice, {}, dice_class=MemoryEfficientSoftDiceLoss)
-    trainer.loss = DeepSupervisionWrapper(base, (2 / 3, 1 / 3))
+    network = TwoNetworksWithFeaturePerturbation(tiny_unet(classes=heads), tiny_unet(classes=heads),
+                                                 [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
+    trainer = trainer_stub(nnUNetTrainerCMEMS, network, regions, classes=heads, epoch=3, num_epochs=8, **attributes)
     trainer.masked_loss = masked_segmentation_loss(regions, True, trainer.ignore_label_for_pseudo_labels)
-    trainer.device = torch.device("cpu")
-    trainer.current_epoch, trainer.step_in_epoch, trainer.num_iterations_per_epoch, trainer.num_epochs = 3, 0, 2, 8
     return trainer
 
 
@@ -259,7 +228,7 @@ def test_step_losses_and_gradients_are_those_of_one_batch_decoding(monkeypatch, 
     trainer = trainer_without_data(confidence_threshold=0.6, cutmix_probability=1.0)
     if dim == 3:
         torch.manual_seed(0)
-        trainer.network = TwoNetworksWithFeaturePerturbation(tiny_unet(dim=3), tiny_unet(dim=3),
+        trainer.network = TwoNetworksWithFeaturePerturbation(tiny_unet(3), tiny_unet(3),
                                                              [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
     data, target, weak, batch = step_inputs(False, spatial=(16, 16) if dim == 2 else (8, 16, 16))
     results = []

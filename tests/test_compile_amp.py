@@ -10,6 +10,7 @@ from torch._dynamo.utils import counters
 
 import nnunet_ssl.trainers as trainers
 from conftest import make_trainer
+from helpers import shrink_plans
 from nnunet_ssl.networks.feature_perturbation import ChannelDropout, UniformFeatureNoise
 from nnunet_ssl.trainers.base import PassContext
 
@@ -22,10 +23,7 @@ TRAINERS = [name for name in trainers.__all__ if name != "nnUNetTrainerPseudoLab
 def tiny_2d_plans(plans):
     """The plans' three stages with one conv each and 4, 8, 16 features (inductor's compile time grows with the
     graph; nnU-Net's deep supervision needs three stages), labeled batch 2."""
-    configuration = plans["configurations"]["2d"]
-    configuration["batch_size"] = 2
-    configuration["architecture"]["arch_kwargs"].update(features_per_stage=[4, 8, 16], n_conv_per_stage=[1, 1, 1],
-                                                        n_conv_per_stage_decoder=[1, 1])
+    shrink_plans(plans, "2d")["configurations"]["2d"]["batch_size"] = 2
 
 
 @pytest.fixture(scope="module")

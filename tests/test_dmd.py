@@ -1,41 +1,24 @@
 import math
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
-from dynamic_network_architectures.architectures.unet import PlainConvUNet
-from torch import nn
 
 from e2e import output_folder, train_resume_predict
+from helpers import tiny_unet, trainer_stub
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.blocks.distillation import dice_distillation
 from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 
-# ---- the trainer's loss on two small U-Nets -------------------------------------------------------------------
-def tiny_unet(num_classes=3):
-    return PlainConvUNet(1, 3, (4, 8, 8), nn.Conv2d, 3, (1, 2, 2), 1, num_classes, 1, conv_bias=True,
-                         norm_op=nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-                         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
-
-
+# ---- the trainer's loss on two tiny U-Nets ---------------------------------------------------------------------
 def trainer_without_data(**attributes):
-    """A DMD trainer holding only what compute_loss needs (no plans, no data)."""
-    trainer = object.__new__(type("DMD", (nnUNetTrainerDMD,), attributes))
+    """A DMD trainer holding only what compute_loss needs (no plans, no data), halfway through training: the
+    default's sigmoid ramp-up is at exp(-5 (1 - 0.5)^2)."""
     torch.manual_seed(0)
-    trainer.network = TwoNetworks(tiny_unet(), tiny_unet())
-    trainer.label_manager = SimpleNamespace(has_regions=False)
-    trainer.loss = DeepSupervisionWrapper(
-        DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                       dice_class=MemoryEfficientSoftDiceLoss), (2 / 3, 1 / 3))
-    # halfway through training: the default's sigmoid ramp-up is at exp(-5 (1 - 0.5)^2)
-    trainer.__dict__.update(current_epoch=1, step_in_epoch=0, num_epochs=2, num_iterations_per_epoch=10)
-    return trainer
+    return trainer_stub(nnUNetTrainerDMD, TwoNetworks(tiny_unet(), tiny_unet()), epoch=1, num_epochs=2,
+                        iterations=10, **attributes)
 
 
 @pytest.mark.parametrize("distillation", ["dice", "kl"])

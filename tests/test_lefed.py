@@ -1,12 +1,11 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from e2e import train_resume_predict
+from helpers import nnunet_loss, tiny_configuration, trainer_stub
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.lefed import LeFeDNetwork, encode_with_feedback, feature_discrepancy
 from nnunet_ssl.trainers.base import PassContext
@@ -21,18 +20,11 @@ GEOMETRIES = {
 NUM_CLASSES = 3
 
 
-def configuration(architecture: str, dim: int) -> ConfigurationManager:
+def configuration(architecture: str, dim: int):
     """A plans configuration with a small 3-stage U-Net of nnU-Net's layout."""
     _, strides, kernels = GEOMETRIES[dim]
-    kwargs = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=f"torch.nn.modules.conv.Conv{dim}d",
-                  kernel_sizes=kernels, strides=strides, n_conv_per_stage_decoder=[1, 1], conv_bias=True,
-                  norm_op=f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-                  norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
-                  nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True})
-    kwargs["n_conv_per_stage" if architecture == "PlainConvUNet" else "n_blocks_per_stage"] = [2, 1, 1]
-    return ConfigurationManager({"architecture": {
-        "network_class_name": f"dynamic_network_architectures.architectures.unet.{architecture}",
-        "arch_kwargs": kwargs, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+    return tiny_configuration(dim, "plain" if architecture == "PlainConvUNet" else "residual", strides, kernels,
+                              convs_per_stage=(2, 1, 1))
 
 
 def build(architecture="PlainConvUNet", dim=2, deep_supervision=True, trainer=nnUNetTrainerLeFeD):
@@ -147,20 +139,23 @@ def test_gradients_reach_both_decoders_and_encoder_but_not_through_gates_or_feed
 
 
 def fake_trainer(net, passes=3):
-    """A LeFeD trainer with a tiny network and a loss that records which samples it supervises, without nnU-Net's
-    data / plans initialisation."""
-    trainer = nnUNetTrainerLeFeD.__new__(nnUNetTrainerLeFeD)
+    """A LeFeD trainer with a tiny network and nnU-Net's loss, recording which samples it supervises, without
+    nnU-Net's data / plans initialisation."""
     supervised_batches = []
+    nnunet = nnunet_loss()
 
     def loss(output, target):
         supervised_batches.append(output[0].shape[0])
-        return sum((o.float() - t).pow(2).mean() for o, t in zip(output, target))
+        return nnunet(output, target)
 
-    trainer.__dict__.update(network=net, loss=loss, label_manager=SimpleNamespace(has_regions=False),
-                            device=torch.device("cpu"), grad_scaler=None, step_in_epoch=0, passes_per_batch=passes,
-                            optimizer=torch.optim.SGD(net.parameters(), lr=1e-2), current_epoch=0,
-                            num_epochs=2, num_iterations_per_epoch=2)
+    trainer = trainer_stub(nnUNetTrainerLeFeD, net, loss=loss, passes_per_batch=passes)
     return trainer, supervised_batches
+
+
+def labels(batch=1):
+    """A label map and its half-resolution copy, nnU-Net's deep-supervision target."""
+    seg = torch.randint(0, NUM_CLASSES, (batch, 1, 16, 16), generator=torch.Generator().manual_seed(4)).float()
+    return [seg, seg[:, :, ::2, ::2]]
 
 
 def test_train_step_runs_k_passes_each_stepping_with_the_previous_pass_feedback():
@@ -171,7 +166,7 @@ def test_train_step_runs_k_passes_each_stepping_with_the_previous_pass_feedback(
     steps = []
     trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: steps.append(1))
     labeled, unlabeled = image(2, seed=2)[:1], image(2, seed=3)
-    target = [torch.rand(1, NUM_CLASSES, 16, 16), torch.rand(1, NUM_CLASSES, 8, 8)]
+    target = labels()
     result = trainer.train_step({"data": labeled, "target": target, "unlabeled": {"data": unlabeled}})
 
     assert len(calls) == 3 and len(steps) == 3 and trainer.step_in_epoch == 1
@@ -188,7 +183,7 @@ def test_pass_total_is_both_supervised_terms_plus_weighted_consistency_and_carri
     net = build("PlainConvUNet", 2).train()
     trainer, _ = fake_trainer(net)
     trainer.consistency_weight = 2.5
-    target = [torch.rand(1, NUM_CLASSES, 16, 16), torch.rand(1, NUM_CLASSES, 8, 8)]
+    target = labels()
     images = image(2)
     context = PassContext(0, 3)
     total, terms = trainer.compute_loss(images[:1], target, images[1:], {}, context)

@@ -2,27 +2,13 @@
 import pytest
 import torch
 
+from helpers import tiny_unet
 from nnunet_ssl.networks.containers import SharedEncoderTwoDecoders, StudentTeacher, TwoNetworks
 from nnunet_ssl.networks.pretrained import load_pretrained_weights
 
 
 def small_unet(dim=2, residual=False, deep_supervision=True):
-    """A small nnU-Net U-Net built by nnU-Net's own factory from plans-style arguments."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    kwargs = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=f"torch.nn.Conv{dim}d",
-                  kernel_sizes=[[3] * dim] * 3, strides=[[1] * dim, [2] * dim, [2] * dim],
-                  n_conv_per_stage_decoder=[1, 1], conv_bias=True, norm_op=f"torch.nn.InstanceNorm{dim}d",
-                  norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
-                  nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True})
-    if residual:
-        kwargs["n_blocks_per_stage"] = [1, 1, 1]
-        name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-    else:
-        kwargs["n_conv_per_stage"] = [1, 1, 1]
-        name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-    return get_network_from_plans(name, kwargs, ["conv_op", "norm_op", "dropout_op", "nonlin"], 1, 3,
-                                  deep_supervision=deep_supervision)
+    return tiny_unet(dim, "residual" if residual else "plain", deep_supervision=deep_supervision)
 
 
 def containers(dim, residual):

@@ -1,61 +1,32 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from e2e import train_resume_predict
-from helpers import LN2, LN3, two_voxels
+from helpers import LN2, LN3, nnunet_loss, tiny_configuration, tiny_unet, trainer_stub, two_voxels
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.dropout import (add_head_dropout, full_resolution_head, head_dropout_samples,
                                          take_head_input)
-from nnunet_ssl.trainers.base import PassContext, nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.blocks.uncertainty import normalized_entropy
 from nnunet_ssl.nnunet_internals import uncertainty_supervised_loss
 from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-
-UNET_CLASSES = {"plain": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                "residual": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"}
-
-
-def tiny_configuration(dim=2, architecture="plain"):
-    blocks = "n_conv_per_stage" if architecture == "plain" else "n_blocks_per_stage"
-    kwargs = {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": f"torch.nn.Conv{dim}d",
-              "kernel_sizes": [[3] * dim] * 3, "strides": [[1] * dim, [2] * dim, [2] * dim], blocks: [1, 1, 1],
-              "n_conv_per_stage_decoder": [1, 1], "conv_bias": True, "norm_op": f"torch.nn.InstanceNorm{dim}d",
-              "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
-    return ConfigurationManager({"architecture": {"network_class_name": UNET_CLASSES[architecture],
-                                                  "arch_kwargs": kwargs,
-                                                  "_kw_requires_import": ["conv_op", "norm_op", "dropout_op",
-                                                                          "nonlin"]}})
 
 
 def build(cls=nnUNetTrainerUADCT, dim=2, architecture="plain", classes=3):
     return cls.build_network_architecture(None, tiny_configuration(dim, architecture), 1, classes, True)
 
 
-def plain_unet(dim=2, architecture="plain", classes=3):
-    return nnUNetTrainerSSLBase.build_network_architecture(None, tiny_configuration(dim, architecture), 1, classes,
-                                                          True)
-
-
-def stub_trainer(network, cls=nnUNetTrainerUADCT, regions=False, epoch=0):
-    """The trainer's own methods on a tiny network, without nnU-Net's dataset machinery."""
-    trainer = cls.__new__(cls)
-    trainer.network = network
-    trainer.label_manager = SimpleNamespace(has_regions=regions, ignore_label=None)
-    dice_ce = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                             weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
-    trainer.loss = DeepSupervisionWrapper(dice_ce, [1.0, 0.0])  # nnU-Net's weights for two outputs
-    trainer.current_epoch, trainer.num_epochs, trainer.step_in_epoch, trainer.num_iterations_per_epoch = epoch, 10, 0, 2
-    return trainer
+def stub_trainer(network, cls=nnUNetTrainerUADCT, epoch=0):
+    """The trainer's own methods on a tiny network, without nnU-Net's dataset machinery; nnU-Net's Dice+CE with
+    per-sample Dice and its deep-supervision weights for two outputs."""
+    return trainer_stub(cls, network, epoch=epoch, num_epochs=10, loss=nnunet_loss(batch_dice=False, weights=[1, 0]))
 
 
 # ---- uncertainty ------------------------------------------------------------------------------------------------
@@ -63,7 +34,7 @@ def mc_uncertainty(rate, head_weight_scale=1.0, head_bias=None):
     """Monte Carlo mean probabilities (T = 8) of a fresh tiny U-Net with the given head dropout rate, and the
     logits of its training forward."""
     torch.manual_seed(1)
-    unet = add_head_dropout(plain_unet(), rate).train()
+    unet = add_head_dropout(tiny_unet(), rate).train()
     head = full_resolution_head(unet)
     with torch.no_grad():
         head.weight.mul_(head_weight_scale)
@@ -98,7 +69,7 @@ class FixedChannelMask(nn.Module):
 @pytest.mark.parametrize("dim", [2, 3])
 def test_head_samples_equal_full_forward_passes_with_the_same_mask(dim):
     torch.manual_seed(0)
-    unet = add_head_dropout(plain_unet(dim), 0.5).train()
+    unet = add_head_dropout(tiny_unet(dim), 0.5).train()
     head = full_resolution_head(unet)
     head.mc_dropout.dropout = FixedChannelMask(torch.tensor([1.0, 0.0, 2.0, 0.0]).view(1, 4, *[1] * dim))
     x = torch.randn(2, 1, *[8] * dim)
@@ -124,7 +95,7 @@ def materialised_head_samples(unet, head_input, samples, chunk_size):
 @pytest.mark.parametrize("dim", [2, 3])
 def test_head_samples_are_the_head_on_masked_copies_with_the_same_random_masks(dim):
     torch.manual_seed(0)
-    unet = add_head_dropout(plain_unet(dim), 0.5).train()
+    unet = add_head_dropout(tiny_unet(dim), 0.5).train()
     unet(torch.randn(3, 1, *[8] * dim))
     head_input = take_head_input(unet)
     torch.manual_seed(7)
@@ -145,7 +116,7 @@ def test_head_samples_are_the_head_on_masked_copies_with_the_same_random_masks(d
 
 
 def test_mc_samples_carry_no_gradient():
-    unet = add_head_dropout(plain_unet(), 0.5).train()
+    unet = add_head_dropout(tiny_unet(), 0.5).train()
     output = unet(torch.randn(2, 1, 8, 8))[0]
     assert output.requires_grad
     head_input = full_resolution_head(unet).mc_dropout.head_input
@@ -172,7 +143,7 @@ def test_dropout_acts_in_training_only():
         first, second = network(x), network(x)
     assert torch.equal(first[0], second[0])
     assert full_resolution_head(network.net1).mc_dropout.head_input is None  # eval keeps nothing
-    plain = plain_unet().eval()
+    plain = tiny_unet().eval()
     plain.load_state_dict(network.net1.state_dict())
     with torch.no_grad():
         assert torch.equal(plain(x)[0], first[0])
@@ -183,7 +154,7 @@ def test_dropout_acts_in_training_only():
 def test_state_dict_keys_are_nnunets_and_pretrained_weights_load_into_network_1(tmp_path, architecture):
     torch.manual_seed(0)
     network = build(architecture=architecture, dim=3)
-    plain = plain_unet(architecture=architecture, dim=3)
+    plain = tiny_unet(architecture=architecture, dim=3)
     plain_keys = set(plain.state_dict())
     assert set(network.state_dict()) == {f"net{i}.{k}" for i in (1, 2) for k in plain_keys}
     assert not torch.equal(next(network.net1.parameters()), next(network.net2.parameters()))  # own initialisation
@@ -298,7 +269,7 @@ def test_compiled_unet_keeps_its_head_input():
     """nnU-Net compiles the network on CUDA: the hook must keep the head input of a compiled forward (the dropout
     layer runs outside the compiled graph; an inductor-compiled graph kept none, see tests/test_compile_amp.py)."""
     torch.manual_seed(0)
-    unet = add_head_dropout(plain_unet(), 0.5).train()
+    unet = add_head_dropout(tiny_unet(), 0.5).train()
     x = torch.randn(2, 1, 16, 16)
     torch.manual_seed(5)
     output = torch.compile(unet, backend="eager")(x)[0]
