@@ -14,11 +14,9 @@ command runs the same steps, with nnU-Net's own functions, except that for the s
 * their labels are not copied to ``gt_segmentations``.
 
 Planning itself (nnU-Net's experiment planner) reads no label. The nnU-Net functions this relies on are listed in
-:data:`NNUNET_FUNCTIONS` and checked at start (:func:`check_nnunet_functions`).
+:data:`nnunet_ssl.nnunet_internals.PLAN_AND_PREPROCESS_FUNCTIONS` and checked at start.
 """
 import argparse
-import importlib
-import inspect
 import os
 import shutil
 import sys
@@ -29,41 +27,6 @@ import numpy as np
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.preprocess_unlabeled import map_with_progress, preprocess_cases, resolve_dataset
 from nnunet_ssl.splits import read_splits
-
-#: nnU-Net 2.8.1 functions used here, with the parameters this module passes (checked by check_nnunet_functions)
-NNUNET_FUNCTIONS = {
-    "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor.DatasetFingerprintExtractor."
-    "analyze_case": ["image_files", "segmentation_file", "reader_writer_class", "num_samples"],
-    "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor.DatasetFingerprintExtractor."
-    "__init__": ["self", "dataset_name_or_id", "num_processes", "verbose"],
-    "nnunetv2.preprocessing.cropping.cropping.crop_to_nonzero": ["data", "seg", "nonzero_label"],
-    "nnunetv2.imageio.reader_writer_registry.determine_reader_writer_from_dataset_json":
-        ["dataset_json_content", "example_file", "allow_nonmatching_filename", "verbose"],
-    "nnunetv2.experiment_planning.plan_and_preprocess_api.plan_experiments":
-        ["dataset_ids", "experiment_planner_class_name", "gpu_memory_target_in_gb", "preprocess_class_name",
-         "overwrite_target_spacing", "overwrite_plans_name"],
-    "nnunetv2.preprocessing.preprocessors.default_preprocessor.DefaultPreprocessor.run_case_save":
-        ["self", "output_filename_truncated", "image_files", "seg_file", "plans_manager", "configuration_manager",
-         "dataset_json"],
-}
-
-
-def check_nnunet_functions() -> None:
-    """Raise, naming the function, if nnU-Net no longer has one of :data:`NNUNET_FUNCTIONS` with those parameters."""
-    for name, expected in NNUNET_FUNCTIONS.items():
-        module_name, _, attribute = name.rpartition(".")
-        try:
-            owner = importlib.import_module(module_name)
-        except ImportError:  # a class method: import the module above the class
-            module_name, _, class_name = module_name.rpartition(".")
-            owner = getattr(importlib.import_module(module_name), class_name)
-        found = getattr(owner, attribute, None)
-        parameters = list(inspect.signature(found).parameters) if callable(found) else None
-        if parameters != expected:
-            raise SSLConfigError(f"nnunet_ssl_plan_and_preprocess was written for nnU-Net 2.8.1's {name}"
-                                 f"({', '.join(expected)}); this nnU-Net has "
-                                 f"{'no such function' if parameters is None else '(' + ', '.join(parameters) + ')'}")
-
 
 def never_read_cases(splits_file: str, fold: Optional[int]) -> Set[str]:
     """The cases whose labels planning must not read: fold ``fold``'s unlabeled list, or (no fold) every fold's.
@@ -176,13 +139,15 @@ def plans_name(planner: str, overwrite_plans_name: Optional[str], fold: Optional
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
+    from nnunet_ssl.nnunet_internals import planner_default_plans_name
+
     name = overwrite_plans_name
     if name is None:
         planner_class = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "experiment_planning"),
                                                     planner, current_module="nnunetv2.experiment_planning")
         if planner_class is None:
             raise SSLConfigError(f"unknown experiment planner -pl {planner}")
-        name = inspect.signature(planner_class.__init__).parameters["plans_name"].default
+        name = planner_default_plans_name(planner_class)
     return name if fold is None else f"{name}_fold{fold}"
 
 
@@ -207,7 +172,9 @@ def main(argv=None) -> None:
         from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
         from nnunetv2.paths import nnUNet_raw
 
-        check_nnunet_functions()
+        from nnunet_ssl.nnunet_internals import PLAN_AND_PREPROCESS_FUNCTIONS, check_signatures
+
+        check_signatures(PLAN_AND_PREPROCESS_FUNCTIONS, "nnunet_ssl_plan_and_preprocess")
         dataset_name = resolve_dataset(args.d, "nnUNet_raw", "nnUNet_preprocessed")
         splits_file = os.path.join(nnUNet_raw, dataset_name, "splits_final.json")
         if not os.path.isfile(splits_file):

@@ -98,14 +98,3 @@ def test_cases_labeled_in_one_fold_and_unlabeled_in_another_need_one_plan_per_fo
     assert plan_and_preprocess.never_read_cases(str(splits_file), 1) == {"a", "b"}
     with pytest.raises(SSLConfigError, match="fold 2 is not in"):
         plan_and_preprocess.never_read_cases(str(splits_file), 2)
-
-
-def test_a_changed_nnunet_function_is_named(monkeypatch):
-    import nnunetv2.preprocessing.cropping.cropping as cropping
-
-    plan_and_preprocess.check_nnunet_functions()  # the installed nnU-Net matches
-    monkeypatch.setattr(cropping, "crop_to_nonzero", lambda data, seg=None: None)
-    with pytest.raises(SSLConfigError, match=r"nnU-Net 2.8.1's nnunetv2.preprocessing.cropping.cropping."
-                                             r"crop_to_nonzero\(data, seg, nonzero_label\); this nnU-Net has "
-                                             r"\(data, seg\)"):
-        plan_and_preprocess.check_nnunet_functions()

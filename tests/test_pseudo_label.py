@@ -33,57 +33,6 @@ from nnunet_ssl.trainers.pseudo_label import pseudo_patches_per_batch
 DATASET_ID = 996
 
 
-# ---- nnU-Net internals (nnunet_ssl/nnunet_internals.py) ------------------------------------------------------
-def test_nnunet_internals_loss_ignores_the_added_ignore_label(ssl_env, monkeypatch):
-    """The trainer's loss is nnU-Net's Dice+CE built with the added ignore label (labels 0-2, ignore 3): voxels
-    carrying it get no gradient and do not change the loss."""
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-
-    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerPseudoLabel, "2d")
-    assert trainer.label_manager.ignore_label == 3 and trainer.label_manager.num_segmentation_heads == 3
-    trainer.initialize()
-    loss = trainer.loss.loss  # inside nnU-Net's DeepSupervisionWrapper
-    assert isinstance(loss, DC_and_CE_loss) and loss.ignore_label == 3
-
-    torch.manual_seed(0)
-    target = torch.randint(0, 3, (2, 1, 8, 8))
-    ignored = torch.rand(2, 1, 8, 8) < 0.3
-    target[ignored] = 3
-    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
-    loss(logits, target).backward()
-    assert logits.grad.abs().sum() > 0
-    assert logits.grad.permute(1, 0, 2, 3)[:, ignored[:, 0]].abs().max() == 0
-    changed = logits.detach().clone()
-    changed.permute(1, 0, 2, 3)[:, ignored[:, 0]] = 50.0
-    assert torch.isclose(loss(changed, target), loss(logits.detach(), target))
-
-
-def test_nnunet_internals_loader_sampling_with_ignore_label(ssl_env, monkeypatch):
-    """nnU-Net's loader with an ignore label needs the 'annotated' class locations, which datasets preprocessed
-    without an ignore label lack; sample_without_ignore restores plain random patches. Foreground locations are
-    voxels of their class."""
-    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-
-    from nnunet_ssl.data.unlabeled import UnlabeledImages
-    from nnunet_ssl.nnunet_internals import foreground_locations, sample_without_ignore
-
-    trainer = make_trainer(ssl_env, monkeypatch, nnUNetTrainerPseudoLabel, "2d")
-    loader = nnUNetDataLoader(UnlabeledImages({}), 2, (8, 8, 8), (8, 8, 8), trainer.label_manager)
-    assert loader.has_ignore
-    with pytest.raises(KeyError):
-        loader.get_bbox((20, 20, 20), False, {1: [], 2: []})
-    sample_without_ignore(loader)
-    low, high = loader.get_bbox((20, 20, 20), False, {1: [], 2: []})
-    assert [h - l for l, h in zip(low, high)] == [8, 8, 8]
-
-    seg = np.zeros((1, 4, 5, 6), dtype=np.int8)
-    seg[0, 1, 2, 3] = 1
-    seg[0, 2:4, 0, 0] = 2
-    locations = foreground_locations(seg, trainer.label_manager)
-    assert [tuple(v) for v in locations[1]] == [(0, 1, 2, 3)]
-    assert sorted(tuple(v) for v in locations[2]) == [(0, 2, 0, 0), (0, 3, 0, 0)]
-
-
 # ---- storage and transforms ----------------------------------------------------------------------------------
 def test_confidence_by_hand():
     probabilities = torch.tensor([[0.7, 0.1], [0.2, 0.3], [0.1, 0.6]])  # (classes, voxels)

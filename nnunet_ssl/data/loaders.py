@@ -8,7 +8,6 @@ a second one competing for cores.
 from typing import Sequence
 
 import torch
-from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from threadpoolctl import threadpool_limits
 
@@ -16,6 +15,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from nnunet_ssl.data.unlabeled import UnlabeledImages
+from nnunet_ssl.nnunet_internals import random_image_patch, sample_without_ignore
 
 
 def nonzero_mask_segmentation(image: torch.Tensor, mask_channels: Sequence[int]) -> torch.Tensor:
@@ -39,7 +39,7 @@ class UnlabeledDataLoader(nnUNetDataLoader):
                  label_manager: LabelManager, transforms=None, mask_channels: Sequence[int] = ()):
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
                          oversample_foreground_percent=0.0, transforms=transforms)
-        self.has_ignore = False  # no annotation to restrict sampling to
+        sample_without_ignore(self)  # no annotation to restrict sampling to
         self.mask_channels = list(mask_channels)
 
     def generate_train_batch(self):
@@ -47,12 +47,7 @@ class UnlabeledDataLoader(nnUNetDataLoader):
         samples = []
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for key in keys:
-                image = self._data.load_image(key)
-                bbox_lbs, bbox_ubs = self.get_bbox(image.shape[1:], False, None)
-                cropped = torch.from_numpy(crop_and_pad_nd(image, [[lo, hi] for lo, hi in zip(bbox_lbs, bbox_ubs)], 0))
-                if self.patch_size_was_2d:
-                    cropped = cropped[:, 0]
-                sample = {"image": cropped.float()}
+                sample = {"image": random_image_patch(self, key).float()}
                 if self.mask_channels:
                     sample["segmentation"] = nonzero_mask_segmentation(sample["image"], self.mask_channels)
                 if self.transforms is not None:

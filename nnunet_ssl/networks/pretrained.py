@@ -6,10 +6,11 @@ decoder. nnunet_ssl routes that call through :func:`load_pretrained_weights`: ne
 ``pretrainable_unets()`` get nnU-Net's own loading applied to each plain U-Net inside; every other network is
 handed to nnU-Net's function unchanged.
 """
-import nnunetv2.run.run_training as run_training
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights as nnunet_load_pretrained_weights
+
+from nnunet_ssl.nnunet_internals import install_pretrained_loader
 
 
 def unwrap(network):
@@ -31,4 +32,4 @@ def load_pretrained_weights(network, fname, verbose=False):
 
 def install() -> None:
     """Point ``nnUNetv2_train``'s pretrained-weights call at :func:`load_pretrained_weights` (idempotent)."""
-    run_training.load_pretrained_weights = load_pretrained_weights
+    install_pretrained_loader(load_pretrained_weights)

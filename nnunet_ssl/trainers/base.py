@@ -27,15 +27,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast
 
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_ssl.data.loaders import CompositeDataLoader, UnlabeledDataLoader, split_batch_across_ranks
@@ -44,18 +41,12 @@ from nnunet_ssl.blocks.schedules import sigmoid_rampup
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.networks import pretrained
 from nnunet_ssl.networks.containers import INFERENCE_CHOICES, PRETRAINED_NETWORKS
+from nnunet_ssl.nnunet_internals import ClassAttributeSettings, make_augmenters, replace_local_logger
 from nnunet_ssl.splits import check_enough_cases_for_default_split, check_fold, read_splits
 from nnunet_ssl.trainers.logging import SSLLocalLogger
 from nnunet_ssl.trainers.settings import Allowed, at_least, check_settings, count, one_of, optional
 
 pretrained.install()
-
-#: nnU-Net's training settings that its ``__init__`` assigns on the instance. A subclass that sets one as a class
-#: attribute (``num_epochs = 100``) gets it applied after nnU-Net's ``__init__``, which would otherwise shadow it.
-NNUNET_INIT_SETTINGS = ("initial_lr", "weight_decay", "oversample_foreground_percent", "probabilistic_oversampling",
-                        "num_iterations_per_epoch", "num_val_iterations_per_epoch", "num_epochs",
-                        "enable_deep_supervision")
-
 
 @dataclass
 class PassContext:
@@ -71,10 +62,11 @@ class PassContext:
         return self.index + 1 == self.count
 
 
-class nnUNetTrainerSSLBase(nnUNetTrainer):
+class nnUNetTrainerSSLBase(ClassAttributeSettings, nnUNetTrainer):
     """Base of all nnunet-ssl trainers. Subclasses implement :meth:`compute_loss` and usually
     :meth:`build_ssl_network`; hyper-parameters are class attributes, so a variant is a short subclass, and each
-    is declared with its allowed values in ``settings_checks``."""
+    is declared with its allowed values in ``settings_checks`` (nnU-Net's own settings too, ``num_epochs = 100``:
+    see :class:`~nnunet_ssl.nnunet_internals.ClassAttributeSettings`)."""
 
     #: unlabeled patches per step (global, split across GPUs like the labeled batch); None = labeled batch size
     unlabeled_batch_size: Optional[int] = None
@@ -116,19 +108,15 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        for name in NNUNET_INIT_SETTINGS:
-            if hasattr(type(self), name):
-                setattr(self, name, getattr(type(self), name))
         if self.is_cascaded:
             raise SSLConfigError(f"configuration '{configuration}' is a cascade stage; semi-supervised trainers "
                                  f"support 2d, 3d_fullres and 3d_lowres (unlabeled cases have no previous-stage "
                                  f"segmentations)")
         self.check_settings()
-        self.logger.local_logger = SSLLocalLogger(self.logger.local_logger)
+        replace_local_logger(self, SSLLocalLogger)
         self.unlabeled_cases: Dict[str, str] = {}
         self.batch_size_unlabeled: Optional[int] = None
         self.step_in_epoch = 0
-        self.save_every = self.save_every_epochs
 
     # ---- network ----------------------------------------------------------------------------------------
     @classmethod
@@ -272,18 +260,7 @@ class nnUNetTrainerSSLBase(nnUNetTrainer):
 
     def get_dataloaders(self):
         """:meth:`build_dataloaders` in nnU-Net's worker pools."""
-        dl_tr, dl_val = self.build_dataloaders()
-        n_proc = get_allowed_n_proc_DA()
-        if n_proc == 0:
-            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        else:
-            pin = self.device.type == "cuda"
-            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, max(6, n_proc // 2), None, pin, 0.002)
-            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), max(3, n_proc // 4), None,
-                                                  pin, 0.002)
-        next(mt_train)
-        next(mt_val)
-        return mt_train, mt_val
+        return make_augmenters(*self.build_dataloaders(), self.device)
 
     def on_train_start(self):
         super().on_train_start()

@@ -7,7 +7,9 @@ import numpy as np  # noqa: E402
 
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
-NNUNET_KEYS = tuple(LocalLogger().my_fantastic_logging)
+from nnunet_ssl.nnunet_internals import nnunet_log_keys  # noqa: E402
+
+NNUNET_KEYS = nnunet_log_keys()
 
 
 class SSLLocalLogger(LocalLogger):
