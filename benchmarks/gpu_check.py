@@ -33,9 +33,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -47,46 +48,30 @@ REPORT_PREFIX = "GPUCHECK "
 #: supervision weights are 0 / 0 and every loss is NaN)
 SHAPES = {"full": (48, 64, 56), "tiny": (16, 24, 20)}
 
-EXT_TRAINERS = textwrap.dedent('''
-    """Short-schedule variants (<trainer>_gpucheck) written by benchmarks/gpu_check.py."""
-    import json
-    import os
 
-    import torch
-    from torch._dynamo import OptimizedModule
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+class GPUCheckReport:
+    """Mixin of the ``<trainer>_gpucheck`` variants: iterations per epoch from ``GPU_CHECK_ITERATIONS``; records
+    whether the loss runs under autocast and prints a ``GPUCHECK`` report line when training ends."""
 
-    import nnunet_ssl.trainers as trainers
-
-
-    def _short_init(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super(type(self), self).__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_iterations_per_epoch = int(os.environ["GPU_CHECK_ITERATIONS"])
-        self.num_val_iterations_per_epoch = 2
         self.autocast_in_loss = None
 
-
-    def _compute_loss(self, *args):
+    def compute_loss(self, *args, **kwargs):
+        """(nnunet-ssl trainers only; nnUNetTrainer's report says n/a)"""
         self.autocast_in_loss = torch.is_autocast_enabled(self.device.type)
-        return super(type(self), self).compute_loss(*args)
+        return super().compute_loss(*args, **kwargs)
 
+    def on_train_end(self):
+        from torch._dynamo import OptimizedModule
 
-    def _on_train_end(self):
         report = {"device": str(self.device), "compiled": isinstance(self.network, OptimizedModule),
                   "grad_scaler": self.grad_scaler is not None, "autocast_in_loss": self.autocast_in_loss,
                   "train_loss": float(self.logger.get_value("train_losses", step=-1)),
                   "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20 if self.device.type == "cuda" else None}
-        print("GPUCHECK " + json.dumps(report), flush=True)
-        super(type(self), self).on_train_end()
-
-
-    for _base in [nnUNetTrainer] + [getattr(trainers, name) for name in trainers.__all__]:
-        _methods = {"__init__": _short_init, "on_train_end": _on_train_end, "__module__": __name__}
-        if _base is not nnUNetTrainer:
-            _methods["compute_loss"] = _compute_loss
-        globals()[_base.__name__ + "_gpucheck"] = type(_base.__name__ + "_gpucheck", (_base,), _methods)
-''')
+        print(REPORT_PREFIX + json.dumps(report), flush=True)
+        super().on_train_end()
 
 
 def bin_path(name: str) -> str:
@@ -142,12 +127,24 @@ def prepare_data(check: Check, configuration: str, size: str) -> dict:
         result = check.run(args)
         if result["rc"]:
             raise SystemExit(f"error: {' '.join(args)} failed (exit {result['rc']}); see {check.log_file}")
-    os.makedirs(check.env["nnUNet_extTrainer"], exist_ok=True)
-    with open(os.path.join(check.env["nnUNet_extTrainer"], "gpu_check_trainers.py"), "w") as f:
-        f.write(EXT_TRAINERS)
+    write_variants(check.env["nnUNet_extTrainer"])
     with open(os.path.join(check.env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")) as f:
         plans = json.load(f)["configurations"][configuration]
     return {"batch_size": plans["batch_size"], "patch_size": plans["patch_size"]}
+
+
+def write_variants(folder: str) -> None:
+    """``<trainer>_gpucheck``: one epoch, iterations from GPU_CHECK_ITERATIONS, 2 validation iterations."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunet_ssl.trainers as trainers
+    from nnunet_ssl.variants import short_schedule, write_variants_module
+
+    bases = [nnUNetTrainer] + [getattr(trainers, name) for name in trainers.__all__]
+    write_variants_module(folder, "gpu_check_trainers", [
+        short_schedule(base, base.__name__ + "_gpucheck", epochs=1, val_iterations=2,
+                       mixins=[os.path.abspath(__file__) + ":GPUCheckReport"]) for base in bases],
+        "Short-schedule variants (<trainer>_gpucheck) written by benchmarks/gpu_check.py.")
 
 
 def train_command(trainer: str, configuration: str, device: str) -> list:
@@ -327,7 +324,7 @@ def main(argv=None) -> None:
     with open(os.path.join(check.out, "gpu_check.md"), "w") as f:
         f.write(text)
     with open(os.path.join(check.out, "gpu_check.json"), "w") as f:
-        json.dump({"environment": env_info, "plans": plans, "trainers": rows, "steps": steps}, f, indent=1)
+        json.dump({"provenance": bench_common.provenance(), "environment": env_info, "plans": plans, "trainers": rows, "steps": steps}, f, indent=1)
     print(text, flush=True)
     failed = [t for t, r in rows.items() if r.get("status") not in ("ok", "skipped: no CUDA")]
     if failed:

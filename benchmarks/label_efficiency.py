@@ -39,12 +39,14 @@ Resumable: a run whose checkpoint_final exists is not trained again (an interrup
 predictions and scores that exist are kept; ``--report-only`` summarises the finished runs without training.
 """
 import argparse
+import copy
 import glob
 import json
 import os
 import sys
-import textwrap
 import time
+
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as bc  # noqa: E402
@@ -95,75 +97,34 @@ SELF_TRAINING = bc.NEEDS_PSEUDO_LABELS
 #: variants module like nnunet_ssl's trainers
 CANDIDATES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "candidates.py")
 
-VARIANTS = textwrap.dedent('''
-    """Short-schedule variants of nnUNetTrainer, every nnunet-ssl trainer and the search candidates for the
-    label-efficiency benchmark (written by benchmarks/label_efficiency.py)."""
-    import copy
-    import importlib.util
-    import json
-    import os
-    import sys
+class BenchmarkRun:
+    """Mixin of every row's variant: the budget's batch size (``batch_size_override``; None keeps the plans') and,
+    without test-time augmentation (``tta`` False), nnU-Net's final validation without mirroring, as the test set
+    is predicted (--disable_tta)."""
+    batch_size_override = None
+    tta = True
 
-    import torch
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        if self.batch_size_override is not None:
+            plans = copy.deepcopy(plans)
+            plans["configurations"][configuration]["batch_size"] = self.batch_size_override
+        super().__init__(plans, configuration, fold, dataset_json, device)
 
-    import nnunet_ssl.trainers as trainers
-
-    SCHEDULES = {schedules!r}
-    CONTROLS = {controls!r}
-
-
-    def _candidates():
-        spec = importlib.util.spec_from_file_location("nnunet_ssl_bench_candidates", {candidates!r})
-        if spec is None or not os.path.isfile({candidates!r}):
-            return []
-        module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
-        if spec.name not in sys.modules:
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        return [getattr(module, name) for name in module.__all__]
+    def perform_actual_validation(self, save_probabilities=False):
+        if not self.tta:
+            self.inference_allowed_mirroring_axes = None
+        super().perform_actual_validation(save_probabilities)
 
 
-    def _variant(base, name, schedule, epochs_factor=1, full=False):
-        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-            if schedule["batch_size"] is not None:
-                plans = copy.deepcopy(plans)
-                plans["configurations"][configuration]["batch_size"] = schedule["batch_size"]
-            base.__init__(self, plans, configuration, fold, dataset_json, device)
-            self.num_epochs = schedule["epochs"] * epochs_factor
-            self.num_iterations_per_epoch = schedule["iterations"]
-            self.num_val_iterations_per_epoch = schedule["val_iterations"]
-            self.save_every = max(1, self.num_epochs // 6)  # an interrupted run loses little (resumable)
+class LabelsOfUnlabeledCases:
+    """Mixin of the fully supervised ceiling: trains on the fold's labeled and unlabeled cases, all with labels."""
 
-        def do_split(self):
-            """The fully supervised ceiling: the fold's labeled and unlabeled cases, all with their labels."""
-            tr_keys, val_keys = base.do_split(self)
-            with open(os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")) as f:
-                unlabeled = json.load(f)[self.fold].get("unlabeled", [])
-            self.print_to_log_file(f"benchmark ceiling: {{len(unlabeled)}} unlabeled cases trained with labels")
-            return list(tr_keys) + list(unlabeled), val_keys
-
-        def perform_actual_validation(self, save_probabilities=False):
-            if not schedule["tta"]:
-                self.inference_allowed_mirroring_axes = None  # as the test set is predicted (--disable_tta)
-            base.perform_actual_validation(self, save_probabilities)
-
-        members = {{"__init__": __init__, "perform_actual_validation": perform_actual_validation,
-                   "__module__": __name__}}
-        if full:
-            members["do_split"] = do_split
-        return type(name, (base,), members)
-
-
-    for _tag, _schedule in SCHEDULES.items():
-        for _base in [nnUNetTrainer] + [getattr(trainers, n) for n in trainers.__all__] + _candidates():
-            globals()[_base.__name__ + "_bench_" + _tag] = _variant(_base, _base.__name__ + "_bench_" + _tag,
-                                                                    _schedule)
-        for _row, _control in CONTROLS.items():
-            _name = _row.replace("@", "_") + "_bench_" + _tag
-            globals()[_name] = _variant(nnUNetTrainer, _name, _schedule, _control["epochs_factor"],
-                                        _control["full"])
-''')
+    def do_split(self):
+        tr_keys, val_keys = super().do_split()
+        with open(os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")) as f:
+            unlabeled = json.load(f)[self.fold].get("unlabeled", [])
+        self.print_to_log_file(f"benchmark ceiling: {len(unlabeled)} unlabeled cases trained with labels")
+        return list(tr_keys) + list(unlabeled), val_keys
 
 
 def budget_tag(budget: str) -> str:
@@ -175,13 +136,33 @@ def variant_name(row: str, tag: str) -> str:
     return row.replace("@", "_") + "_bench_" + tag
 
 
+def variants(tag: str, budget: dict) -> list:
+    """The budget's short-schedule variant of every row's trainer: nnUNetTrainer, the nnunet-ssl trainers, the
+    search candidates and the control rows (an interrupted run loses at most a sixth of its epochs: resumable)."""
+    import nnunet_ssl.trainers as trainers
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_ssl.variants import load_file_module, short_schedule
+
+    def variant(base, row, epochs_factor=1, full=False):
+        epochs = budget["epochs"] * epochs_factor
+        mixins = [__file__ + ":BenchmarkRun"] + ([__file__ + ":LabelsOfUnlabeledCases"] if full else [])
+        return short_schedule(base, variant_name(row, tag), epochs, budget["iterations"], budget["val_iterations"],
+                              save_every=max(1, epochs // 6), mixins=mixins,
+                              batch_size_override=budget["batch_size"], tta=budget["tta"])
+
+    candidates = [f"{CANDIDATES_FILE}:{name}" for name in load_file_module(CANDIDATES_FILE).__all__]
+    rows = [variant(base, base.__name__) for base in [nnUNetTrainer] + [getattr(trainers, n) for n in trainers.__all__]]
+    rows += [variant(c, c.rpartition(":")[2]) for c in candidates]
+    return rows + [variant(nnUNetTrainer, row, c["epochs_factor"], c["full"]) for row, c in CONTROLS.items()]
+
+
 def write_variants(root: str) -> None:
-    schedules = {budget_tag(name): {k: b[k] for k in ("epochs", "iterations", "val_iterations", "batch_size", "tta")}
-                 for name, b in BUDGETS.items()}
-    controls = {row: {k: v for k, v in c.items() if k != "base"} for row, c in CONTROLS.items()}
-    os.makedirs(os.path.join(root, "ext"), exist_ok=True)
-    with open(os.path.join(root, "ext", "benchmark_trainers.py"), "w") as f:
-        f.write(VARIANTS.format(schedules=schedules, controls=controls, candidates=CANDIDATES_FILE))
+    from nnunet_ssl.variants import write_variants_module
+
+    write_variants_module(os.path.join(root, "ext"), "benchmark_trainers",
+                          [v for name, budget in BUDGETS.items() for v in variants(budget_tag(name), budget)],
+                          "Short-schedule variants of nnUNetTrainer, every nnunet-ssl trainer and the search "
+                          "candidates for the label-efficiency benchmark (written by benchmarks/label_efficiency.py).")
 
 
 def split_tag(split: dict) -> str:
@@ -469,7 +450,8 @@ def main(argv=None) -> None:
     text = table(summary, budget, dataset["labels"])
     print("\n" + text)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
-        json.dump({"budget": budget, "records": records, "summary": summary, "curves": curves}, f, indent=1)
+        json.dump({"provenance": bc.provenance({"split": SPLIT_SEED, "test_cases": bc.TEST_SEED}), "budget": budget,
+                   "records": records, "summary": summary, "curves": curves}, f, indent=1)
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write(text + "\n")
     smoke = args.budget.endswith("smoke")

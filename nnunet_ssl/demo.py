@@ -15,16 +15,6 @@ import subprocess
 import sys
 import time
 
-DEMO_TRAINER_MODULE = '''"""Short-schedule variant for nnunet_ssl_demo (written by it)."""
-from nnunet_ssl.trainers import {trainer}
-
-
-class {trainer}_demo({trainer}):
-    num_epochs = {epochs}
-    num_iterations_per_epoch = {iterations}
-    num_val_iterations_per_epoch = 5
-'''
-
 
 def export_line(variables: dict) -> str:
     """A shell line that sets ``variables`` (quoted for bash), to repeat the demo's commands by hand."""
@@ -48,15 +38,16 @@ def main(argv=None) -> None:
 
     import nnunet_ssl.trainers as trainers
     from nnunet_ssl.synthetic import make_dataset
+    from nnunet_ssl.variants import short_schedule, write_variants_module
 
     if args.tr not in trainers.__all__:
         sys.exit(f"error: unknown trainer '{args.tr}'; nnunet-ssl trainers: {', '.join(trainers.__all__)}")
     work = os.path.abspath(args.work)
     folders = {v: os.path.join(work, v) for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     ext = os.path.join(work, "trainers")
-    os.makedirs(ext, exist_ok=True)
-    with open(os.path.join(ext, "nnunet_ssl_demo_trainers.py"), "w") as f:
-        f.write(DEMO_TRAINER_MODULE.format(trainer=args.tr, epochs=args.epochs, iterations=args.iterations))
+    write_variants_module(ext, "nnunet_ssl_demo_trainers", [short_schedule(
+        getattr(trainers, args.tr), args.tr + "_demo", args.epochs, args.iterations, val_iterations=5)],
+        "Short-schedule variant for nnunet_ssl_demo (written by it).")
     # passive OpenMP waiting: spinning threads starve nnU-Net's augmentation workers on small CPUs
     variables = dict(**folders, nnUNet_extTrainer=ext, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     env = dict(os.environ, **variables)

@@ -7,7 +7,6 @@ a user's ``nnUNet_extTrainer`` entries working.
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -15,49 +14,23 @@ import pytest
 # makes small convolutions several times slower. Passive waiting keeps the CPU end-to-end tests fast.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-TINY_TRAINERS = textwrap.dedent('''
-    """Short-schedule variants of every nnunet-ssl trainer, for the end-to-end tests."""
-    import os
-    import sys
+HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_trainer_hooks.py") + ":EndToEndTestHooks"
 
-    import torch
 
+def write_tiny_trainers(folder) -> None:
+    """``<Trainer>_tiny`` for every nnunet-ssl trainer and nnUNetTrainer (the supervised teacher of
+    self-training): 2 iterations per epoch, 1 validation iteration, a checkpoint every epoch, no mirroring, and the
+    end-to-end tests' hooks (tiny_trainer_hooks.py)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     import nnunet_ssl.trainers as trainers
+    from nnunet_ssl.variants import NoMirroring, short_schedule, write_variants_module
 
-
-    def _short_init(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super(type(self), self).__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = int(os.environ.get("NNUNET_SSL_TEST_EPOCHS", "1"))
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
-        self.save_every = 1
-
-
-    def _crash_on_request(self):
-        """Ends the process like a crash after the epoch named in NNUNET_SSL_TEST_CRASH_AFTER_EPOCH."""
-        super(type(self), self).on_epoch_end()
-        if os.environ.get("NNUNET_SSL_TEST_CRASH_AFTER_EPOCH") == str(self.current_epoch - 1):
-            sys.exit(3)
-
-
-    def _no_mirroring(self):
-        """No mirroring, so that validation and prediction run without test-time augmentation (8x faster)."""
-        rotation, dummy_2d, initial_patch_size, _ = super(type(self), self).configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, None
-
-
-    # nnUNetTrainer_tiny: the supervised teacher of self-training
-    for _name, _trainer in [*((n, getattr(trainers, n)) for n in trainers.__all__), ("nnUNetTrainer", nnUNetTrainer)]:
-        globals()[_name + "_tiny"] = type(_name + "_tiny", (_trainer,), {
-            "__init__": _short_init,
-            "configure_rotation_dummyDA_mirroring_and_inital_patch_size": _no_mirroring,
-            "on_epoch_end": _crash_on_request,
-            "__module__": __name__,
-        })
-''')
+    bases = [getattr(trainers, name) for name in trainers.__all__] + [nnUNetTrainer]
+    write_variants_module(str(folder), "ssl_test_trainers", [
+        short_schedule(base, base.__name__ + "_tiny", iterations=2, val_iterations=1, save_every=1,
+                       mixins=(HOOKS, NoMirroring)) for base in bases],
+        "Short-schedule variants of every nnunet-ssl trainer, for the end-to-end tests (written by conftest.py).")
 
 
 def run_cli(args, env, timeout=600, check=True):
@@ -95,8 +68,7 @@ def ssl_env(tmp_path_factory):
 def build_session_dataset(root, env):
     from nnunet_ssl.synthetic import make_dataset
 
-    (root / "ext").mkdir(parents=True)
-    (root / "ext" / "ssl_test_trainers.py").write_text(TINY_TRAINERS)
+    write_tiny_trainers(root / "ext")
     make_dataset(env["nnUNet_raw"], dataset_id=990, num_labeled=6, num_unlabeled=4, num_test=2, shape=(16, 24, 20))
     run_cli([bin_path("nnUNetv2_plan_and_preprocess"), "-d", "990", "-c", "2d", "3d_fullres", "-np", "2",
              "--verify_dataset_integrity"], env)

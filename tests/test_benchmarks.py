@@ -181,3 +181,21 @@ def test_a_missing_data_folder_stops_with_its_path_and_the_variable_to_set(tmp_p
     with pytest.raises(SystemExit, match=f"{missing} not found.*set NNUNET_SSL_ACDC"):
         bench_common.require_folder(str(missing), "NNUNET_SSL_ACDC", "ACDC")
     bench_common.require_folder(str(tmp_path), "NNUNET_SSL_ACDC", "ACDC")  # present: no exit
+
+
+def test_label_efficiency_variants_keep_their_names_and_settings(tmp_path):
+    """Result folders are keyed by these names (a benchmark resumes from them)."""
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    label_efficiency.write_variants(str(tmp_path))
+    ext = str(tmp_path / "ext")
+    for name, epochs, full in (("nnUNetTrainerDMD_bench_hippo2dl2", 60, False),
+                               ("nnUNetTrainer_3x_bench_smoke", 3, False), ("nnUNetTrainer_full_bench_smoke", 1, True),
+                               ("nnUNetTrainerMeanTeacher_cons02_bench_gpu", 100, False)):
+        variant = recursive_find_python_class(ext, name, None, base_folder=ext)
+        assert variant is not None, name
+        assert variant.num_epochs == epochs and variant.save_every_epochs == max(1, epochs // 6)
+        assert ("LabelsOfUnlabeledCases" in [c.__name__ for c in variant.__mro__]) == full
+    smoke = recursive_find_python_class(ext, "nnUNetTrainer_bench_smoke", None, base_folder=ext)
+    assert (smoke.num_iterations_per_epoch, smoke.num_val_iterations_per_epoch, smoke.batch_size_override,
+            smoke.tta) == (2, 1, 4, False)
