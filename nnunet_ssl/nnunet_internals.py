@@ -23,6 +23,8 @@ nnU-Net's losses, as building blocks of SSL losses:
 * :func:`masked_segmentation_loss` builds ``DC_and_CE_loss`` / ``DC_and_BCE_loss`` with the arguments
   ``nnUNetTrainer._build_loss`` gives them (smooth 1e-5, ``do_bg`` False for softmax and True for regions,
   ``MemoryEfficientSoftDiceLoss``), with an ignore label.
+* :func:`deep_supervision_like` reads ``DeepSupervisionWrapper.weight_factors``; :func:`as_masked_target` relies
+  on nnU-Net's region targets carrying the ignore flag as their last channel when the dataset has an ignore label.
 * :func:`uncertainty_supervised_loss` reads ``DeepSupervisionWrapper.loss`` / ``.weight_factors`` and the compound
   loss's ``weight_ce``.
 """
@@ -135,16 +137,40 @@ def foreground_locations(segmentation: np.ndarray, label_manager: LabelManager) 
 
 
 # ---- nnU-Net's losses -------------------------------------------------------------------------------------------
-def masked_segmentation_loss(regions: bool, batch_dice: bool, ignore_label: int):
+def masked_segmentation_loss(regions: bool, batch_dice: bool, ignore_label: int, weight_ce: float = 1.0):
     """nnU-Net's Dice+CE (Dice+BCE for regions) configured as nnU-Net configures it, ignoring the voxels marked
-    as in :func:`nnunet_ssl.blocks.pseudo_labels.with_ignored`. Under DDP its batch Dice covers this GPU's patches
-    only: nnU-Net's all-gather of the Dice sums needs the same batch on every GPU, which an uneven split of the
-    unlabeled batch does not give."""
+    as in :func:`nnunet_ssl.blocks.pseudo_labels.with_ignored`; ``weight_ce=0`` leaves nnU-Net's soft Dice alone.
+    Under DDP its batch Dice covers this GPU's patches only: nnU-Net's all-gather of the Dice sums needs the same
+    batch on every GPU, which an uneven split of the unlabeled batch does not give."""
     if regions:
         return DC_and_BCE_loss({}, {"batch_dice": batch_dice, "do_bg": True, "smooth": 1e-5, "ddp": False},
-                               use_ignore_label=True, dice_class=MemoryEfficientSoftDiceLoss)
+                               weight_ce=weight_ce, use_ignore_label=True, dice_class=MemoryEfficientSoftDiceLoss)
     return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                          ignore_label=ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+                          weight_ce=weight_ce, ignore_label=ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def deep_supervision_like(nnunet_loss, loss):
+    """``loss`` with the deep supervision of ``nnunet_loss`` (the trainer's ``self.loss``): wrapped in nnU-Net's
+    ``DeepSupervisionWrapper`` with the same scale weights, or unchanged when deep supervision is off."""
+    if isinstance(nnunet_loss, DeepSupervisionWrapper):
+        return DeepSupervisionWrapper(loss, nnunet_loss.weight_factors)
+    return loss
+
+
+def pseudo_label_ignore_value(label_manager: LabelManager) -> int:
+    """The label value that marks ignored voxels in masked-loss targets: the dataset's ignore label, or the first
+    value that is no class."""
+    if label_manager.ignore_label is not None:
+        return label_manager.ignore_label
+    return label_manager.num_segmentation_heads
+
+
+def as_masked_target(target: torch.Tensor, label_manager: LabelManager) -> torch.Tensor:
+    """nnU-Net's training target in the format of :func:`masked_segmentation_loss`: label maps as they are (with
+    the dataset's ignore label, if any); region targets get the trailing ignore channel when they lack one."""
+    if label_manager.has_regions and label_manager.ignore_label is None:
+        return torch.cat((target, torch.zeros_like(target[:, :1])), 1)
+    return target
 
 
 def uncertainty_supervised_loss(nnunet_loss, output, target, uncertainty: torch.Tensor, gain: float, regions: bool,

@@ -81,3 +81,13 @@ def trainer_stub(cls, network: torch.nn.Module, regions: bool = False, classes: 
         configuration_manager=SimpleNamespace(use_mask_for_norm=[False], batch_dice=True),
         current_epoch=epoch, num_epochs=num_epochs, step_in_epoch=0, num_iterations_per_epoch=iterations)
     return trainer
+
+
+def assert_gradients_reach(network: torch.nn.Module) -> None:
+    """Every parameter of ``network`` got a gradient from the backward pass, non-zero except where nnU-Net's
+    initialisation makes it zero at the start: the residual branch of a ResidualEncoderUNet block ends in a norm
+    whose weight starts at 0, so the convolutions before it get zero gradients in the first step."""
+    for name, parameter in network.named_parameters():
+        assert parameter.grad is not None, f"{name}: no gradient"
+        residual_branch = ".blocks." in name and (".conv1." in name or ".conv2.conv." in name)
+        assert residual_branch or parameter.grad.abs().sum() > 0, f"{name}: zero gradient"

@@ -13,9 +13,9 @@ from nnunet_ssl.blocks.distillation import (dice_distillation, kl_distillation, 
                                             temperature_probabilities)
 from nnunet_ssl.blocks.ema import ema_decay, ema_update
 from nnunet_ssl.blocks.mixing import cutmix_boxes, paste, random_boxes, with_partner
-from nnunet_ssl.blocks.outputs import batch_part, full_resolution, probabilities
-from nnunet_ssl.blocks.pseudo_labels import (confident_pseudo_labels, hard_pseudo_labels, pseudo_label_ce,
-                                             voxel_cross_entropy, with_ignored)
+from nnunet_ssl.blocks.outputs import batch_part, deep_supervision_targets, full_resolution, probabilities
+from nnunet_ssl.blocks.pseudo_labels import (also_ignored, confident_pseudo_labels, hard_pseudo_labels,
+                                             largest_components, pseudo_label_ce, voxel_cross_entropy, with_ignored)
 from nnunet_ssl.blocks.schedules import sigmoid_rampup
 from nnunet_ssl.blocks.uncertainty import (normalized_entropy, probability_mse, uncertainty_downweight,
                                            uncertainty_weighted_ce)
@@ -312,3 +312,56 @@ def test_ema_update_averages_parameters_and_float_buffers_and_copies_counters():
 def test_ema_decay_warms_up_as_one_minus_one_over_step_plus_one():
     assert [ema_decay(step, 0.99) for step in (0, 1, 3, 99, 1000)] == pytest.approx([0.0, 0.5, 0.75, 0.99, 0.99])
     assert ema_decay(9, 0.5) == 0.5
+
+
+# ---- additions for BCP and UniMatch: deep-supervision targets, ignored voxels, largest components -------------------
+def test_deep_supervision_targets_are_nnunets_downsampled_labels():
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+
+    torch.manual_seed(0)
+    seg = torch.randint(0, 4, (2, 1, 10, 12, 6), dtype=torch.int16)
+    outputs = [torch.zeros(2, 4, 10, 12, 6), torch.zeros(2, 4, 5, 6, 3), torch.zeros(2, 4, 2, 3, 2)]
+    targets = deep_supervision_targets(seg, outputs)
+    nnunet = DownsampleSegForDSTransform([[1, 1, 1], [0.5, 0.5, 0.5], [0.2, 0.25, 1 / 3]])
+    expected = zip(*(nnunet(segmentation=s)["segmentation"] for s in seg))
+    for target, reference in zip(targets, expected):
+        assert target.dtype == seg.dtype and torch.equal(target, torch.stack(reference))
+    assert deep_supervision_targets(seg, outputs[0]) is seg
+
+
+def test_also_ignored_adds_ignored_voxels_to_label_maps_and_region_ignore_channels():
+    labels = torch.tensor([[[[0, 1], [2, 3]]]])  # 3: already ignored
+    drop = torch.tensor([[[[True, False], [False, False]]]])
+    assert also_ignored(labels, drop, False, 3).tolist() == [[[[3, 1], [2, 3]]]]
+    regions = torch.tensor([[[[1, 0], [1, 1]], [[0, 0], [0, 1]]]], dtype=torch.uint8)  # region, ignore channel
+    out = also_ignored(regions, drop, True, 3)
+    assert out.dtype == torch.uint8 and out.tolist() == [[[[1, 0], [1, 1]], [[1, 0], [0, 1]]]]
+
+
+def test_largest_components_keeps_one_fully_connected_component_per_label_and_region():
+    labels = torch.tensor([[[[1, 1, 0, 0, 1],
+                             [0, 0, 1, 0, 0],     # the diagonal joins (0, 0..1) and (1, 2): 3 voxels
+                             [2, 0, 0, 0, 1],
+                             [2, 0, 0, 0, 1]]]])  # label 1 elsewhere: 1 + 2 voxels, removed; label 2 kept
+    expected = torch.tensor([[[[1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [2, 0, 0, 0, 0], [2, 0, 0, 0, 0]]]])
+    assert torch.equal(largest_components(labels), expected)
+    regions = torch.stack((labels[:, 0] == 1, labels[:, 0] == 2), 1)
+    assert torch.equal(largest_components(regions), torch.stack((expected[:, 0] == 1, expected[:, 0] == 2), 1))
+    assert torch.equal(largest_components(torch.zeros(2, 1, 3, 3, 3, dtype=torch.long)), torch.zeros(2, 1, 3, 3, 3,
+                                                                                                      dtype=torch.long))
+
+
+def test_masked_dice_only_loss_and_deep_supervision_wrapper_follow_nnunets_loss():
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunet_ssl.nnunet_internals import deep_supervision_like, masked_segmentation_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 6, 6), torch.randint(0, 4, (2, 1, 6, 6))  # 3: ignored
+    dice_only = masked_segmentation_loss(False, True, 3, weight_ce=0)
+    with_ce = masked_segmentation_loss(False, True, 3)
+    keep = labels != 3
+    ce = F.cross_entropy(logits, labels[:, 0].clamp(max=2), reduction="none")[keep[:, 0]].mean()
+    assert with_ce(logits, labels).item() == pytest.approx((dice_only(logits, labels) + ce).item(), rel=1e-5)
+    wrapped = deep_supervision_like(DeepSupervisionWrapper(with_ce, (0.75, 0.25)), dice_only)
+    assert isinstance(wrapped, DeepSupervisionWrapper) and tuple(wrapped.weight_factors) == (0.75, 0.25)
+    assert deep_supervision_like(with_ce, dice_only) is dice_only

@@ -3,6 +3,7 @@ first)."""
 from typing import List, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 #: a network output: one logits tensor, or nnU-Net's deep-supervision list of them
 Output = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -23,3 +24,13 @@ def full_resolution(output: Output) -> torch.Tensor:
 def batch_part(output: Output, part: slice) -> Union[torch.Tensor, List[torch.Tensor]]:
     """The samples ``part`` of a network output, for a deep-supervision list as for a single tensor."""
     return [o[part] for o in output] if isinstance(output, (list, tuple)) else output[part]
+
+
+def deep_supervision_targets(target: torch.Tensor, output: Output) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """A full-resolution target (label map, region channels or a masked-loss target) at the resolution of every
+    output of a deep-supervision list, downsampled as nnU-Net downsamples its labels for deep supervision
+    (``DownsampleSegForDSTransform``: nearest-exact interpolation); ``target`` itself for a single output."""
+    if not isinstance(output, (list, tuple)):
+        return target
+    return [target if o.shape[2:] == target.shape[2:] else
+            F.interpolate(target.float(), o.shape[2:], mode="nearest-exact").to(target.dtype) for o in output]

@@ -1,7 +1,9 @@
 """Pseudo-labels from a prediction: hard, confident, with ignored voxels, and their cross-entropy."""
 from typing import Tuple, Union
 
+import numpy as np
 import torch
+from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
 import torch.nn.functional as F
 
 from nnunet_ssl.blocks.outputs import probabilities
@@ -31,6 +33,32 @@ def with_ignored(labels: torch.Tensor, keep: torch.Tensor, regions: bool, ignore
     if regions:
         return torch.cat((labels, ~keep), 1)
     return torch.where(keep, labels, ignore_label)
+
+
+def also_ignored(target: torch.Tensor, ignore: torch.Tensor, regions: bool, ignore_label: int) -> torch.Tensor:
+    """A target in the format of :func:`with_ignored` with the voxels of the bool mask ``ignore`` (B or 1, 1, ...)
+    ignored as well."""
+    if regions:
+        return torch.cat((target[:, :-1], target[:, -1:].bool() | ignore), 1).to(target.dtype)
+    return torch.where(ignore, torch.as_tensor(ignore_label, dtype=target.dtype, device=target.device), target)
+
+
+def largest_components(labels: torch.Tensor) -> torch.Tensor:
+    """Per sample and per label value (or per region channel of a bool target), only the largest connected
+    component (full connectivity, as scikit-image's default); the other voxels of that label become background.
+    ``labels``: (B, 1, ...) label map, or (B, R, ...) bool regions. Runs on the CPU (acvl-utils, as nnU-Net's
+    post-processing)."""
+    array = labels.detach().cpu().numpy()
+    kept = np.zeros_like(array)
+    for b in range(array.shape[0]):
+        if array.dtype == bool:
+            for r in range(array.shape[1]):
+                kept[b, r] = remove_all_but_largest_component(array[b, r])
+        else:
+            for value in np.unique(array[b]):
+                if value != 0:
+                    kept[b][remove_all_but_largest_component(array[b] == value)] = value
+    return torch.from_numpy(kept).to(labels.device)
 
 
 def voxel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, regions: bool) -> torch.Tensor:

@@ -56,12 +56,14 @@ def strong_intensity_transforms(config: StrongIntensity) -> ComposeTransforms:
 
 
 class StrongView(BasicTransform):
-    """Adds ``image_strong``: a copy of ``image`` passed through ``intensity`` (``image`` itself is untouched)."""
+    """Adds ``key`` (default ``image_strong``): a copy of ``image`` passed through ``intensity`` (``image`` itself
+    is untouched). Two of them with different keys give two independently perturbed views."""
 
-    def __init__(self, intensity: BasicTransform):
+    def __init__(self, intensity: BasicTransform, key: str = STRONG_VIEW_KEY):
         super().__init__()
         self.intensity = intensity
+        self.key = key
 
     def apply(self, data_dict, **params):
-        data_dict[STRONG_VIEW_KEY] = self.intensity(image=data_dict["image"].clone())["image"]
+        data_dict[self.key] = self.intensity(image=data_dict["image"].clone())["image"]
         return data_dict

@@ -65,6 +65,25 @@ def decode_with_perturbed_features(unet: nn.Module, x: torch.Tensor, n_perturbed
     return output, unet.decoder(perturbed)
 
 
+class UNetWithFeaturePerturbation(nn.Module):
+    """nnU-Net's U-Net (PlainConvUNet, ResidualEncoderUNet: ``decoder(encoder(x))``) whose training forward also
+    decodes perturbed features: ``forward(x, n_perturbed)`` returns the pair ``(output, perturbed)`` of
+    :func:`decode_with_perturbed_features`. Eval mode and ``n_perturbed=0`` return the U-Net's output. It holds
+    the U-Net's ``encoder`` and ``decoder`` under those names and the perturbations have no parameters, so its
+    state dict is the plain U-Net's: nnU-Net's checkpoints and ``-pretrained_weights`` work unchanged."""
+
+    def __init__(self, unet: nn.Module, perturbations: Sequence[nn.Module]):
+        super().__init__()
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        self.perturbations = nn.ModuleList(perturbations)
+
+    def forward(self, x, n_perturbed: int = 0):
+        if not self.training or not n_perturbed:
+            return self.decoder(self.encoder(x))
+        return decode_with_perturbed_features(self, x, n_perturbed, self.perturbations)
+
+
 class TwoNetworksWithFeaturePerturbation(TwoNetworks):
     """Two U-Nets (see :class:`TwoNetworks`) whose training forward also decodes perturbed features:
     ``forward(x, n_perturbed)`` returns, per network, the pair ``(output, perturbed)`` of
