@@ -5,12 +5,14 @@ one message instead of a traceback (see :mod:`nnunet_ssl.errors`).
 """
 from nnunet_ssl.errors import install_excepthook
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
+from nnunet_ssl.trainers.bcp import nnUNetTrainerBCP, nnUNetTrainerBCP_paper
 from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
 from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_ssl.trainers.pseudo_label import nnUNetTrainerPseudoLabel
 from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT, nnUNetTrainerUADCT_paper
+from nnunet_ssl.trainers.unimatch import nnUNetTrainerUniMatch
 
 install_excepthook()
 
