@@ -91,3 +91,17 @@ def assert_gradients_reach(network: torch.nn.Module) -> None:
         assert parameter.grad is not None, f"{name}: no gradient"
         residual_branch = ".blocks." in name and (".conv1." in name or ".conv2.conv." in name)
         assert residual_branch or parameter.grad.abs().sum() > 0, f"{name}: zero gradient"
+
+
+class Recording(torch.nn.Module):
+    """Wraps a network and remembers its last call: ``inputs`` (positional), ``input`` (the first) and
+    ``outputs``."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, *inputs, **kwargs):
+        self.inputs, self.input = inputs, inputs[0]
+        self.outputs = self.network(*inputs, **kwargs)
+        return self.outputs

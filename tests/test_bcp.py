@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 
 from e2e import train_resume_predict
-from helpers import assert_gradients_reach, nnunet_loss, tiny_unet, trainer_stub
+from helpers import Recording, assert_gradients_reach, nnunet_loss, tiny_unet, trainer_stub
 from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.networks.containers import StudentTeacher
 from nnunet_ssl.trainers.bcp import direction_halves, nnUNetTrainerBCP, nnUNetTrainerBCP_paper
@@ -43,16 +43,6 @@ def step_inputs(n_l=2, n_u=2, regions=False, dim=2):
     downsample = DownsampleSegForDSTransform([[1] * dim, [0.5] * dim])
     target = [torch.stack(scales) for scales in zip(*(downsample(segmentation=s)["segmentation"] for s in seg))]
     return data, target, torch.randn(n_u, 1, *shape)
-
-
-class Recording(torch.nn.Module):
-    def __init__(self, network):
-        super().__init__()
-        self.network = network
-
-    def forward(self, *args):
-        self.inputs, self.outputs = args, self.network(*args)
-        return self.outputs
 
 
 def nnunet_dice_ce(logits, labels, keep):

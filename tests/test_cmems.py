@@ -5,11 +5,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import bin_path, clone_dataset, run_cli
 from e2e import output_folder, train_resume_predict
-from helpers import tiny_configuration, tiny_unet, trainer_stub
+from helpers import Recording, tiny_configuration, tiny_unet, trainer_stub
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
@@ -133,18 +132,6 @@ def test_trainer_builds_two_differently_initialised_unets_that_predict_one_tenso
 
 
 # ---- the trainer's step ------------------------------------------------------------------------------------------
-class Recording(nn.Module):
-    """The network, remembering its input and outputs."""
-
-    def __init__(self, network):
-        super().__init__()
-        self.network = network
-
-    def forward(self, x, n_perturbed=0):
-        self.input, self.outputs = x, self.network(x, n_perturbed=n_perturbed)
-        return self.outputs
-
-
 def trainer_without_data(regions=False, **attributes):
     """A CMEMS trainer holding only what compute_loss and the unlabeled transforms need (no plans, no data)."""
     torch.manual_seed(0)

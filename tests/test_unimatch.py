@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from e2e import train_resume_predict
-from helpers import assert_gradients_reach, tiny_unet, trainer_stub
+from helpers import Recording, assert_gradients_reach, tiny_unet, trainer_stub
 from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity
@@ -33,16 +33,6 @@ def step_inputs(n_l=2, n_u=3, regions=False):
     offsets = torch.arange(1, n_u + 1).view(-1, 1, 1, 1)
     views = {key: torch.randn(n_u, 1, 16, 16) + 10 * k * offsets for k, key in enumerate(KEYS, 1)}
     return data, target, weak, {"unlabeled": {"data": weak, **views}}
-
-
-class Recording(torch.nn.Module):
-    def __init__(self, network):
-        super().__init__()
-        self.network = network
-
-    def forward(self, x, n_perturbed=0):
-        self.input, self.outputs = x, self.network(x, n_perturbed=n_perturbed)
-        return self.outputs
 
 
 def masked_soft_dice(logits, labels, keep):
