@@ -105,3 +105,14 @@ class Recording(torch.nn.Module):
         self.inputs, self.input = inputs, inputs[0]
         self.outputs = self.network(*inputs, **kwargs)
         return self.outputs
+
+
+def step_inputs(dim: int = 2, classes: int = 3, labeled: int = 2, unlabeled: int = 3, size: int = 8):
+    """A seeded step's ``(data, target, data_unlabeled)`` for the tiny U-Nets: ``labeled`` images with labels as
+    nnU-Net's deep-supervision target (full and half resolution) and ``unlabeled`` images, ``size`` voxels a side."""
+    generator = torch.Generator().manual_seed(1)
+    spatial = (size,) * dim
+    seg = torch.randint(0, classes, (labeled, 1, *spatial), generator=generator).float()
+    half = seg[(slice(None), slice(None)) + (slice(None, None, 2),) * dim]
+    return (torch.randn((labeled, 1, *spatial), generator=generator), [seg, half],
+            torch.randn((unlabeled, 1, *spatial), generator=generator))

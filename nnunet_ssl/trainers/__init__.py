@@ -7,6 +7,7 @@ from nnunet_ssl.errors import install_excepthook
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
 from nnunet_ssl.trainers.bcp import nnUNetTrainerBCP, nnUNetTrainerBCP_paper
 from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
+from nnunet_ssl.trainers.cps import nnUNetTrainerCPS, nnUNetTrainerCPS_paper
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
 from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
