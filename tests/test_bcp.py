@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,14 +15,14 @@ SIDE = 12
 
 
 def bcp_stub(regions=False, deep_supervision=True, residual=False, dim=2, cls=nnUNetTrainerBCP, **attributes):
-    """A BCP trainer on a tiny student/teacher pair, 3 classes (or 2 regions), 8 epochs of 2 steps: pre-training
-    ends after step round(0.25 * 16) = 4, i.e. at epoch 2."""
+    """A BCP trainer on a tiny student/teacher pair, 3 classes (or 2 regions), 8 epochs of 2 steps, a quarter of
+    them pre-training (the released schedule): pre-training ends after step round(0.25 * 16) = 4, i.e. at epoch 2."""
     torch.manual_seed(0)
     classes = 2 if regions else 3
     network = StudentTeacher(tiny_unet(dim, "residual" if residual else "plain", classes, deep_supervision))
     loss = nnunet_loss(regions)
     trainer = trainer_stub(cls, network, regions, classes, num_epochs=8, iterations=2,
-                           loss=loss if deep_supervision else loss.loss, **attributes)
+                           loss=loss if deep_supervision else loss.loss, **{"pretrain_fraction": 0.25, **attributes})
     trainer.build_mixed_loss()
     return trainer
 
@@ -154,6 +156,15 @@ def test_stage_follows_from_epoch_and_step_so_resuming_restores_it():
     assert stages == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
+def test_unlabeled_weight_is_constant_as_released_or_ramped_up_when_asked():
+    data, target, unlabeled = step_inputs()
+    for rampup_fraction, expected in ((0.0, 0.5), (1.0, 0.5 * math.exp(-5 * (1 - 5 / 16) ** 2))):
+        trainer = bcp_stub(rampup_fraction=rampup_fraction)
+        trainer.current_epoch, trainer.step_in_epoch = 2, 1  # step 5 of 16
+        _, terms = trainer.compute_loss(data, target, unlabeled, {}, PassContext())
+        assert terms["unsup_weight"].item() == pytest.approx(expected)
+
+
 def test_regions_mix_region_targets_and_ignore_channels():
     trainer = bcp_stub(regions=True)
     trainer.current_epoch = 2
@@ -178,7 +189,8 @@ def test_paper_variant_keeps_the_largest_component_of_each_pseudo_label_class():
 
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_bcp_trains_resumes_and_predicts(ssl_env, tmp_path, configuration):
-    """2 epochs of 2 steps: pre-training is step 0, so the run resumed at epoch 1 self-trains."""
+    """2 epochs of 2 steps: pre-training is epoch 0, so the run resumed at epoch 1 self-trains, from the teacher
+    that the checkpoint of epoch 0 holds."""
     checkpoint = train_resume_predict(ssl_env, "nnUNetTrainerBCP", configuration, tmp_path)
     assert {k.split(".")[0] for k in checkpoint["network_weights"]} == {"student", "teacher"}
-    assert checkpoint["logging"]["self_training"] == [0.5, 1.0]
+    assert checkpoint["logging"]["self_training"] == [0.0, 1.0]

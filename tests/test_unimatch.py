@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,6 +114,15 @@ def test_every_parameter_gets_a_gradient_and_the_pseudo_labels_none(residual):
     (grad,) = torch.autograd.grad(total, trainer.network.outputs[0][0])
     n_l, n_u = 2, 3
     assert grad[n_l + 2 * n_u:].abs().sum() == 0 and grad[:n_l + 2 * n_u].abs().sum() > 0
+
+
+def test_unlabeled_terms_have_full_weight_as_released_or_ramp_up_when_asked():
+    data, target, weak, batch = step_inputs()
+    for rampup_fraction, expected in ((0.0, 1.0), (1.0, math.exp(-5 * (1 - 3 / 8) ** 2))):  # epoch 3 of 8
+        trainer = unimatch_stub(rampup_fraction=rampup_fraction)
+        trainer.current_epoch, trainer.num_epochs = 3, 8
+        _, terms = trainer.compute_loss(data, target, weak, batch, PassContext())
+        assert terms["unsup_weight"].item() == pytest.approx(expected)
 
 
 def test_regions_step_runs_with_ignore_channels():

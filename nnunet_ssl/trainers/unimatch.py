@@ -29,6 +29,13 @@ Choices and deviations (class attributes where they are settings):
   resolution, low-confidence voxels ignored; the released Dice includes the background class;
 * feature dropout on every skip and the bottleneck of the weak patches only (the released code perturbs the
   labeled features too and discards their output);
+* no ramp-up, as released (``rampup_fraction`` ramps the unlabeled terms up over that fraction of the training).
+
+**Known shortfall**: in the short synthetic learning test (``tests/test_learning.py``: 100 steps, 2d) this trainer
+reaches a validation Dice of 0.79 against nnUNetTrainer's 0.90 (no unlabeled terms: 0.87). Variants tried there,
+none reaching the test's 0.85: ramp-up over the whole training 0.78; nnU-Net's Dice+CE for the unlabeled terms
+0.72, with ramp-up 0.81; the paper's weights 0.25 / 0.5 at nnU-Net's supervised scale with ramp-up 0.82 (Dice+CE
+0.76); strong-view terms alone 0.79. The strong-view consistency is what costs; why, on this data, is open;
 * one encoder pass over labeled, both strong and weak patches, one decoder pass over them and one over the
   perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 4 B_u`` decoder samples; the released code runs
   the strong views in a second forward pass).
@@ -60,6 +67,8 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSSLBase):
     strong_intensity = StrongIntensity()
     cutmix_probability = 0.5
     cutmix_volume = (0.02, 0.4)
+    #: the unlabeled terms ramp up (sigmoid) over this fraction of the training; 0: full weight from the start
+    rampup_fraction = 0.0
 
     settings_checks = {"confidence_threshold": fraction(), "strong_weight": at_least(0),
                        "feature_perturbation_weight": at_least(0), "feature_dropout": fraction(closed_above=False),
@@ -103,6 +112,7 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSSLBase):
         s1 = self.unlabeled_loss(strong1, with_partner(pseudo, boxes[0]))
         s2 = self.unlabeled_loss(strong2, with_partner(pseudo, boxes[1]))
         fp = self.unlabeled_loss(full_resolution(perturbed), pseudo)
-        total = sup + self.strong_weight * (s1 + s2) + self.feature_perturbation_weight * fp
+        ramp = self.rampup()
+        total = sup + ramp * (self.strong_weight * (s1 + s2) + self.feature_perturbation_weight * fp)
         return total, {"sup": sup.detach(), "strong": ((s1 + s2) / 2).detach(), "fp": fp.detach(),
-                       "confident": confident.float().mean()}
+                       "confident": confident.float().mean(), "unsup_weight": torch.tensor(ramp)}
