@@ -167,12 +167,10 @@ def benchmark_args(check: Check, configuration: str, warmup: int, steps: int,
 
 
 def methods(trainers: list) -> list:
-    """The trainers that are not variants of another one in the list (e.g. nnUNetTrainerDMD_paper of DMD): their
-    step costs are their base's."""
-    import nnunet_ssl.trainers as ssl_trainers
-    classes = {t: getattr(ssl_trainers, t, None) for t in trainers}
-    return [t for t in trainers if not any(c is not None and classes[t] is not None and c is not classes[t]
-                                           and issubclass(classes[t], c) for c in classes.values())]
+    """The trainers that are not settings variants of another one in the list, named ``<Trainer>_<variant>`` (e.g.
+    nnUNetTrainerDMD_paper of DMD): their step costs are their base's. A method built on another one's class
+    (UA-MT on Mean Teacher) is a method of its own."""
+    return [t for t in trainers if not any(t.startswith(other + "_") for other in trainers)]
 
 
 def train_report(result: dict) -> dict:

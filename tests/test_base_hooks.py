@@ -116,6 +116,7 @@ def test_every_setting_is_checked_and_the_defaults_pass(cls):
     (trainers.nnUNetTrainerLeFeD, {"rampup_fraction": -1}, "a number >= 0"),
     (trainers.nnUNetTrainerPseudoLabel, {"inference": "mean"}, "one of 'first'"),
     (trainers.nnUNetTrainerPseudoLabel, {"rampup_fraction": 1.0}, "one of 0"),
+    (trainers.nnUNetTrainerUAMT, {"mc_dropout_rate": 1.0}, r"a number in \[0, 1\)"),
     (trainers.nnUNetTrainerCPS, {"cps_on_labeled": 1}, "one of True, False"),
 ])
 def test_out_of_range_values_are_refused_naming_the_allowed_ones(cls, attributes, allowed):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import LN2, LN3, two_voxels
-from nnunet_ssl.blocks.consistency import full_resolution_mse, softmax_mse
+from nnunet_ssl.blocks.consistency import full_resolution_mse, masked_probability_mse, softmax_mse
 from nnunet_ssl.blocks.distillation import (dice_distillation, kl_distillation, soft_dice_loss,
                                             temperature_probabilities)
 from nnunet_ssl.blocks.ema import ema_decay, ema_update
@@ -17,8 +17,8 @@ from nnunet_ssl.blocks.outputs import batch_part, deep_supervision_targets, full
 from nnunet_ssl.blocks.pseudo_labels import (also_ignored, confident_pseudo_labels, hard_pseudo_labels,
                                              largest_components, pseudo_label_ce, voxel_cross_entropy, with_ignored)
 from nnunet_ssl.blocks.schedules import sigmoid_rampup
-from nnunet_ssl.blocks.uncertainty import (normalized_entropy, probability_mse, uncertainty_downweight,
-                                           uncertainty_weighted_ce)
+from nnunet_ssl.blocks.uncertainty import (certainty_mask, normalized_entropy, probability_mse,
+                                           uncertainty_downweight, uncertainty_weighted_ce)
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------------
@@ -365,3 +365,33 @@ def test_masked_dice_only_loss_and_deep_supervision_wrapper_follow_nnunets_loss(
     wrapped = deep_supervision_like(DeepSupervisionWrapper(with_ce, (0.75, 0.25)), dice_only)
     assert isinstance(wrapped, DeepSupervisionWrapper) and tuple(wrapped.weight_factors) == (0.75, 0.25)
     assert deep_supervision_like(with_ce, dice_only) is dice_only
+
+
+# ---- UA-MT's certainty mask and masked consistency ------------------------------------------------------------------
+def test_certainty_mask_and_masked_consistency_hand_values():
+    # two voxels of a two-class patch: the teacher's mean is uniform at voxel 0, (0.9, 0.1) at voxel 1
+    mean = torch.tensor([[[0.5, 0.9], [0.5, 0.1]]])
+    entropy_1 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))  # 0.325 nats: 0.469 of ln 2
+    torch.testing.assert_close(normalized_entropy(mean, False), torch.tensor([[[1.0, entropy_1 / math.log(2)]]]))
+    mask = certainty_mask(mean, 0.75, regions=False)
+    assert mask.tolist() == [[[0.0, 1.0]]]
+    assert certainty_mask(mean, 0.4, regions=False).sum() == 0
+    # student probabilities (0.6, 0.4) at the kept voxel: squared differences 0.09 and 0.09 over 2 channels
+    student_logits = torch.log(torch.tensor([[[0.5, 0.6], [0.5, 0.4]]]))
+    target = torch.tensor([[[0.0, 0.9], [1.0, 0.1]]])  # voxel 0 differs a lot but is masked out
+    assert masked_probability_mse(student_logits, target, mask, False).item() == pytest.approx(0.18 / 2)
+    assert masked_probability_mse(student_logits, target, torch.zeros_like(mask), False).item() == 0.0
+
+
+def test_certainty_mask_and_masked_consistency_for_three_classes_and_regions():
+    mean = torch.tensor([[[1 / 3, 0.8], [1 / 3, 0.1], [1 / 3, 0.1]]])
+    h = -(0.8 * math.log(0.8) + 2 * 0.1 * math.log(0.1))
+    torch.testing.assert_close(normalized_entropy(mean, False), torch.tensor([[[1.0, h / math.log(3)]]]))
+    assert certainty_mask(mean, 0.75, regions=False).tolist() == [[[0.0, 1.0]]]  # 0.58 of ln 3
+    # two region channels at one voxel: binary entropies of 0.5 (1 bit) and 0.9, averaged
+    regions = torch.tensor([[[0.5], [0.9]]])
+    binary = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)
+    torch.testing.assert_close(normalized_entropy(regions, True), torch.tensor([[[(1 + binary) / 2]]]))
+    student = torch.tensor([[[0.0], [0.0]]])  # sigmoid 0.5 on both channels
+    expected = ((0.5 - 0.5) ** 2 + (0.5 - 0.9) ** 2) / 2
+    assert masked_probability_mse(student, regions, torch.ones(1, 1, 1), True).item() == pytest.approx(expected)

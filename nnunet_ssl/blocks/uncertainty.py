@@ -20,6 +20,12 @@ def normalized_entropy(mean_probabilities: torch.Tensor, regions: bool) -> torch
     return (-torch.special.xlogy(p, p).sum(1, keepdim=True) / math.log(p.shape[1])).clamp(0, 1)
 
 
+def certainty_mask(mean_probabilities: torch.Tensor, threshold: float, regions: bool) -> torch.Tensor:
+    """1.0 where :func:`normalized_entropy` is below ``threshold`` (a fraction of the largest entropy), else 0.0,
+    shape (B, 1, ...)."""
+    return (normalized_entropy(mean_probabilities, regions) < threshold).float()
+
+
 def uncertainty_downweight(uncertainty: torch.Tensor, decay: float) -> torch.Tensor:
     """Consistency voxel weight ``exp(-decay * u)``: 1 where certain, ``exp(-decay)`` where u = 1."""
     return torch.exp(-decay * uncertainty)

@@ -104,7 +104,8 @@ class SharedEncoderTwoDecoders(nn.Module):
 class StudentTeacher(nn.Module):
     """A student U-Net and its exponential-moving-average teacher (mean teacher). The teacher takes no gradient
     and is updated by :meth:`update_teacher`. Training: ``forward(x, teacher_input)`` returns
-    ``(student(x), teacher(teacher_input))``; eval: the student (``inference='first'``), the teacher
+    ``(student(x), teacher(teacher_input))``, with None for a part whose input is None (``forward(None, t)`` runs
+    the teacher alone, e.g. for extra Monte Carlo passes); eval: the student (``inference='first'``), the teacher
     (``'second'``) or the mean of both logits (``'mean'``). A supervised checkpoint initialises both, so the
     teacher, an average of the student, starts equal to it."""
 
@@ -119,7 +120,7 @@ class StudentTeacher(nn.Module):
             if self.inference == "mean":
                 return mean_of_outputs(self.student(x), self.teacher(x))
             return (self.teacher if self.inference == "second" else self.student)(x)
-        student_out = self.student(x)
+        student_out = None if x is None else self.student(x)
         if teacher_input is None:
             return student_out, None
         with torch.no_grad():

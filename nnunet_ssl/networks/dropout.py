@@ -24,17 +24,20 @@ _CHANNEL_DROPOUT = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
 
 
 class HeadInputDropout(nn.Module):
-    """Dropout on a segmentation head's input; remembers the last input it was given (see :func:`take_head_input`)."""
+    """Dropout on a segmentation head's input; with ``keep_input`` it remembers the last input it was given (see
+    :func:`take_head_input`)."""
 
-    def __init__(self, spatial_dims: int, rate: float):
+    def __init__(self, spatial_dims: int, rate: float, keep_input: bool = True):
         super().__init__()
         self.dropout = _CHANNEL_DROPOUT[spatial_dims](p=rate)
+        self.keep_input = keep_input
         self.head_input = None
 
     # an inductor-compiled forward (nnU-Net compiles on CUDA) left head_input unset, so this layer runs eagerly
     @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.head_input = x
+        if self.keep_input:
+            self.head_input = x
         return self.dropout(x)
 
 
@@ -49,11 +52,12 @@ def full_resolution_head(unet: nn.Module) -> nn.Module:
     return unet.decoder.seg_layers[-1]
 
 
-def add_head_dropout(unet: nn.Module, rate: float) -> nn.Module:
+def add_head_dropout(unet: nn.Module, rate: float, keep_input: bool = True) -> nn.Module:
     """Puts channel dropout with probability ``rate`` on the input of the U-Net's full-resolution head; returns
-    the U-Net (same object)."""
+    the U-Net (same object). ``keep_input=False`` for Monte Carlo sampling by whole forward passes, which needs no
+    :func:`take_head_input` (the head input is then not held until the next forward)."""
     head = full_resolution_head(unet)
-    head.mc_dropout = HeadInputDropout(head.weight.ndim - 2, rate)
+    head.mc_dropout = HeadInputDropout(head.weight.ndim - 2, rate, keep_input)
     head.register_forward_pre_hook(_drop_head_input)
     return unet
 

@@ -33,10 +33,13 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
     def build_ssl_network(cls, new_unet):
         return StudentTeacher(new_unet(), inference=cls.inference)
 
+    def teacher_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus the teacher's input noise ``clamp(N(0, std), -clip, clip)``."""
+        return x + torch.clamp(torch.randn_like(x) * self.teacher_noise_std, -self.teacher_noise_clip,
+                               self.teacher_noise_clip)
+
     def compute_loss(self, data, target, data_unlabeled, batch, context):
-        noise = torch.clamp(torch.randn_like(data_unlabeled) * self.teacher_noise_std,
-                            -self.teacher_noise_clip, self.teacher_noise_clip)
-        student_out, teacher_out = self.network(torch.cat((data, data_unlabeled)), data_unlabeled + noise)
+        student_out, teacher_out = self.network(torch.cat((data, data_unlabeled)), self.teacher_input(data_unlabeled))
         n = data.shape[0]
         sup = self.loss(batch_part(student_out, slice(None, n)), target)
         cons = full_resolution_mse(batch_part(student_out, slice(n, None)), teacher_out, self.label_manager.has_regions)
