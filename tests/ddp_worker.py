@@ -40,7 +40,10 @@ def on_cpu(trainer_class):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         trainer_class.__init__(self, plans, configuration, fold, dataset_json, device)
         self.device, self.grad_scaler = torch.device("cpu"), None
-    return type(trainer_class.__name__, (trainer_class,), {"__init__": __init__, "unlabeled_batch_size": UNLABELED})
+    attributes = {"__init__": __init__, "unlabeled_batch_size": UNLABELED}
+    if hasattr(trainer_class, "pretrain_fraction"):
+        attributes["pretrain_fraction"] = 0  # BCP: the mean-teacher stage from the first step, so the teacher moves
+    return type(trainer_class.__name__, (trainer_class,), attributes)
 
 
 def tiny_plans():

@@ -14,7 +14,7 @@ from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
                                                       UniformFeatureNoise)
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
-from nnunet_ssl.nnunet_internals import masked_segmentation_loss
+from nnunet_ssl.nnunet_internals import masked_segmentation_loss, pseudo_label_ignore_value
 from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 
@@ -139,7 +139,7 @@ def trainer_without_data(regions=False, **attributes):
     network = TwoNetworksWithFeaturePerturbation(tiny_unet(classes=heads), tiny_unet(classes=heads),
                                                  [ChannelDropout(0.5), UniformFeatureNoise(0.3)])
     trainer = trainer_stub(nnUNetTrainerCMEMS, network, regions, classes=heads, epoch=3, num_epochs=8, **attributes)
-    trainer.masked_loss = masked_segmentation_loss(regions, True, trainer.ignore_label_for_pseudo_labels)
+    trainer.masked_loss = masked_segmentation_loss(regions, True, pseudo_label_ignore_value(trainer.label_manager))
     return trainer
 
 

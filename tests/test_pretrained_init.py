@@ -8,7 +8,7 @@ from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.networks.pretrained import load_pretrained_weights
 from nnunet_ssl.trainers import (nnUNetTrainerCMEMS, nnUNetTrainerDMD, nnUNetTrainerLeFeD, nnUNetTrainerMeanTeacher,
                                  nnUNetTrainerUADCT)
-from test_uadct import plain_unet, tiny_configuration
+from helpers import tiny_configuration, tiny_unet
 
 TWO_NETWORKS = [nnUNetTrainerDMD, nnUNetTrainerUADCT, nnUNetTrainerCMEMS]
 
@@ -16,7 +16,7 @@ TWO_NETWORKS = [nnUNetTrainerDMD, nnUNetTrainerUADCT, nnUNetTrainerCMEMS]
 def loaded(cls, tmp_path):
     """The trainer's network (as nnUNetv2_train builds it) after -pretrained_weights, and the checkpoint."""
     torch.manual_seed(0)
-    supervised = plain_unet().state_dict()
+    supervised = tiny_unet().state_dict()
     torch.save({"network_weights": supervised}, tmp_path / "supervised.pth")
     network = cls.build_network_architecture(None, tiny_configuration(2), 1, 3, True)
     load_pretrained_weights(network, str(tmp_path / "supervised.pth"))
@@ -61,11 +61,11 @@ def test_mean_teacher_starts_with_teacher_equal_to_the_pretrained_student(tmp_pa
 def test_lefed_takes_encoder_and_decoder_1_from_the_checkpoint_and_keeps_decoder_2_fresh(tmp_path):
     network, checkpoint = loaded(nnUNetTrainerLeFeD, tmp_path)
     assert transferred(network.unet, checkpoint)
-    fresh = type(network)(plain_unet()).decoder2.state_dict().keys()
+    fresh = type(network)(tiny_unet()).decoder2.state_dict().keys()
     assert network.decoder2.state_dict().keys() == fresh  # a decoder of its own kind, not in a plain checkpoint
 
 
 def test_an_unknown_pretrained_networks_value_is_rejected_at_construction(ssl_env, monkeypatch):
     wrong = type("DMDWrong", (nnUNetTrainerDMD,), {"pretrained_networks": "second"})
-    with pytest.raises(SSLConfigError, match=r"pretrained_networks must be one of \('first', 'all'\), got 'second'"):
+    with pytest.raises(SSLConfigError, match=r"DMDWrong.pretrained_networks must be one of 'first', 'all', got 'second'"):
         make_trainer(ssl_env, monkeypatch, wrong, "2d")

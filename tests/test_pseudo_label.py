@@ -279,7 +279,6 @@ def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
     image are ignored, and only labeled cases feed the labeled stream (with the Noisy Student noise on)."""
     class Student(nnUNetTrainerPseudoLabel):
         pseudo_label_share = 0.75
-        confidence_threshold = 1.01
         student_augmentation = StrongIntensity()
 
     def batch_of_four(plans):
@@ -287,6 +286,7 @@ def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
 
     st_env = teachers
     trainer = make_trainer(st_env["env"], monkeypatch, Student, "2d", dataset=st_env["name"], plans_edit=batch_of_four)
+    trainer.confidence_threshold = 1.01  # above every confidence; a class attribute this high is refused
     trainer.initialize()
     assert (trainer.batch_size, trainer.batch_size_unlabeled) == (1, 3)
     dl_tr, _ = trainer.build_dataloaders()

@@ -48,7 +48,7 @@ from nnunet_ssl.blocks.mixing import cutmix_boxes, paste, random_boxes, with_par
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
-from nnunet_ssl.nnunet_internals import masked_segmentation_loss
+from nnunet_ssl.nnunet_internals import as_masked_target, masked_segmentation_loss, pseudo_label_ignore_value
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
                                                       UniformFeatureNoise)
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
@@ -87,33 +87,19 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
         super().initialize()
         self.masked_loss = masked_segmentation_loss(self.label_manager.has_regions,
                                                     self.configuration_manager.batch_dice,
-                                                    self.ignore_label_for_pseudo_labels)
-
-    @property
-    def ignore_label_for_pseudo_labels(self) -> int:
-        """The dataset's ignore label, or the first value that is no class."""
-        if self.label_manager.ignore_label is not None:
-            return self.label_manager.ignore_label
-        return self.label_manager.num_segmentation_heads
+                                                    pseudo_label_ignore_value(self.label_manager))
 
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
         """nnU-Net's augmentation (the weak view, ``image``), then a strongly perturbed copy (``image_strong``)."""
         weak = super().get_unlabeled_transforms(patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug)
         return ComposeTransforms([weak, StrongView(strong_intensity_transforms(self.strong_intensity))])
 
-    def exemplar_target(self, target) -> torch.Tensor:
-        """The labeled full-resolution target in the format of the masked loss (regions: an ignore channel)."""
-        target = full_resolution(target)
-        if self.label_manager.has_regions and self.label_manager.ignore_label is None:
-            target = torch.cat((target, torch.zeros_like(target[:, :1])), 1)
-        return target
-
     def pseudo_label_target(self, logits: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The confident pseudo-labels of ``logits`` as a masked-loss target of ``like``'s dtype, and the
         fraction of confident voxels."""
         regions = self.label_manager.has_regions
         labels, confident = confident_pseudo_labels(logits, self.confidence_threshold, regions)
-        target = with_ignored(labels.to(like.dtype), confident, regions, self.ignore_label_for_pseudo_labels)
+        target = with_ignored(labels.to(like.dtype), confident, regions, pseudo_label_ignore_value(self.label_manager))
         return target, confident.float().mean()
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
@@ -129,7 +115,7 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
         # per network: synthetic, strong, weak, then one part per feature perturbation (full resolution)
         views = [full_resolution(out).split([n_l] + [n_u] * 3)[1:]
                  + (() if perturbed is None else full_resolution(perturbed).split(n_u)) for out, perturbed in outputs]
-        exemplar = self.exemplar_target(target)[source]
+        exemplar = as_masked_target(full_resolution(target), self.label_manager)[source]
         pseudo = [self.pseudo_label_target(v[2], exemplar) for v in views]
 
         terms = {name: [] for name in ("sup", "syn", "img", "fp")}
