@@ -10,7 +10,9 @@ Each (trainer, configuration) is measured in its own process, built in-process a
     batch = next(trainer.dataloader_train)    # waiting for data
     trainer.train_step(batch)                 # forward, backward, optimizer step(s), EMA etc.
 
-and reports the median iteration time, the share of the iteration spent in ``next()``, peak memory (CPU: peak RSS
+at the middle of the schedule (``current_epoch = num_epochs // 2``, where every method runs its main stage: BCP's
+self-training, not its supervised pre-training), and reports the median iteration time, the share of the iteration
+spent in ``next()``, peak memory (CPU: peak RSS
 of the main process, ``getrusage``, workers not included; GPU: ``torch.cuda.max_memory_allocated``), the CPU time
 the hypervisor gave to other guests meanwhile (steal, ``/proc/stat``) and the main process's minor page faults per
 step (fresh memory pages the kernel had to map: on a CPU, tensors above glibc's mmap threshold are mapped anew at
@@ -131,6 +133,7 @@ def measure_one(trainer_name: str, configuration: str, batch_size, device: str, 
 
     trainer = build_trainer(trainer_name, configuration, batch_size, device, dataset)
     trainer.on_train_start()
+    trainer.current_epoch = trainer.num_epochs // 2  # mid-training: every method in its main stage (BCP: self-training)
     trainer.on_train_epoch_start()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
