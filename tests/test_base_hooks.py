@@ -11,6 +11,7 @@ import torch
 import nnunet_ssl.trainers as trainers
 from conftest import make_trainer
 from helpers import tiny_configuration, trainer_stub
+from nnunet_ssl.blocks.mixing import CutMix
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.networks.containers import StudentTeacher
 from nnunet_ssl.trainers import nnUNetTrainerMeanTeacher
@@ -110,7 +111,8 @@ def test_every_setting_is_checked_and_the_defaults_pass(cls):
     (trainers.nnUNetTrainerUADCT, {"mc_samples": 0}, "an integer >= 1"),
     (trainers.nnUNetTrainerUADCT, {"consistency_loss": "kl"}, "one of 'ce', 'mse'"),
     (trainers.nnUNetTrainerDMD, {"temperature": 0}, "a number > 0"),
-    (trainers.nnUNetTrainerCMEMS, {"cutmix_volume": (0.4, 0.02)}, "a pair"),
+    (trainers.nnUNetTrainerCMEMS, {"cutmix": CutMix(volume=(0.4, 0.02))}, "a CutMix with probability in"),
+    (trainers.nnUNetTrainerUniMatch, {"cutmix": CutMix(probability=2)}, "a CutMix with probability in"),
     (trainers.nnUNetTrainerCMEMS, {"feature_dropout": 1.0}, r"a number in \[0, 1\)"),
     (trainers.nnUNetTrainerMeanTeacher, {"inference": "teacher"}, "one of 'first', 'second', 'mean'"),
     (trainers.nnUNetTrainerLeFeD, {"rampup_fraction": -1}, "a number >= 0"),
@@ -131,6 +133,13 @@ def test_out_of_range_values_are_refused_naming_the_allowed_ones(cls, attributes
 def test_former_inference_names_are_refused_naming_the_new_one(old):
     variant = type("Variant", (trainers.nnUNetTrainerDMD,), {old: "mean"})
     with pytest.raises(SSLConfigError, match=rf"Variant\.{old} is no longer a setting: set inference instead"):
+        variant.check_settings()
+
+
+@pytest.mark.parametrize("old", ["cutmix_probability", "cutmix_volume"])
+def test_former_cutmix_names_are_refused_naming_the_new_one(old):
+    variant = type("Variant", (trainers.nnUNetTrainerCMEMS,), {old: 1.0})
+    with pytest.raises(SSLConfigError, match=rf"Variant\.{old} is no longer a setting: set cutmix instead"):
         variant.check_settings()
 
 

@@ -12,7 +12,7 @@ from nnunet_ssl.blocks.consistency import full_resolution_mse, masked_probabilit
 from nnunet_ssl.blocks.distillation import (dice_distillation, kl_distillation, soft_dice_loss,
                                             temperature_probabilities)
 from nnunet_ssl.blocks.ema import ema_decay, ema_update
-from nnunet_ssl.blocks.mixing import cutmix_boxes, paste, random_boxes, with_partner
+from nnunet_ssl.blocks.mixing import CutMix, cutmix_boxes, paste, random_boxes, with_partner
 from nnunet_ssl.blocks.outputs import batch_part, deep_supervision_targets, full_resolution, probabilities
 from nnunet_ssl.blocks.pseudo_labels import (also_ignored, confident_pseudo_labels, hard_pseudo_labels,
                                              largest_components, pseudo_label_ce, voxel_cross_entropy, with_ignored)
@@ -145,6 +145,14 @@ def test_cutmix_boxes_follow_probability_and_volume_range():
     assert not cutmix_boxes(8, (16, 16), 0.0, (0.02, 0.4), torch.device("cpu")).any()
     fractions = cutmix_boxes(64, (40, 40), 1.0, (0.1, 0.3), torch.device("cpu")).flatten(1).float().mean(1)
     assert fractions.min() >= 0.08 and fractions.max() <= 0.32  # volume range up to the rounding of the sides
+
+
+def test_cutmix_setting_draws_the_boxes_of_its_probability_and_volume():
+    torch.manual_seed(1)
+    expected = cutmix_boxes(16, (12, 10), 0.7, (0.1, 0.3), torch.device("cpu"))
+    torch.manual_seed(1)
+    assert torch.equal(CutMix(0.7, (0.1, 0.3)).boxes(16, (12, 10), torch.device("cpu")), expected)
+    assert not CutMix(probability=0.0).boxes(8, (16, 16), torch.device("cpu")).any()
 
 
 def test_cutmix_takes_the_box_from_the_previous_sample_for_images_and_pseudo_labels_alike():

@@ -13,6 +13,7 @@ from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, Stron
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
                                                       UniformFeatureNoise)
+from nnunet_ssl.blocks.mixing import CutMix
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
 from nnunet_ssl.nnunet_internals import masked_segmentation_loss, pseudo_label_ignore_value
 from nnunet_ssl.trainers.base import PassContext
@@ -157,7 +158,7 @@ def step_inputs(regions, n_l=2, n_u=3, spatial=(16, 16)):
 
 @pytest.mark.parametrize("regions", [False, True])
 def test_step_supervises_each_network_with_the_other_networks_pseudo_labels_on_pasted_and_mixed_views(regions):
-    trainer = trainer_without_data(regions, confidence_threshold=0.6, cutmix_probability=1.0)
+    trainer = trainer_without_data(regions, confidence_threshold=0.6, cutmix=CutMix(probability=1.0))
     trainer.network = Recording(trainer.network)
     calls = []
     masked_loss = trainer.masked_loss
@@ -212,7 +213,7 @@ def one_batch_decode(unet, x, n_perturbed, perturbations):
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_step_losses_and_gradients_are_those_of_one_batch_decoding(monkeypatch, dim):
-    trainer = trainer_without_data(confidence_threshold=0.6, cutmix_probability=1.0)
+    trainer = trainer_without_data(confidence_threshold=0.6, cutmix=CutMix(probability=1.0))
     if dim == 3:
         torch.manual_seed(0)
         trainer.network = TwoNetworksWithFeaturePerturbation(tiny_unet(3), tiny_unet(3),

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from e2e import train_resume_predict
 from helpers import Recording, assert_gradients_reach, tiny_unet, trainer_stub
 from nnunet_ssl.trainers.base import PassContext
+from nnunet_ssl.blocks.mixing import CutMix
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity
 from nnunet_ssl.networks.feature_perturbation import ChannelDropout, UNetWithFeaturePerturbation
@@ -58,7 +59,7 @@ def test_network_is_a_plain_unet_for_checkpoints_and_prediction():
 
 
 def test_step_feeds_labeled_cutmixed_strong_and_weak_views_and_decodes_dropped_weak_features():
-    trainer = unimatch_stub(cutmix_probability=1.0, confidence_threshold=0.4)
+    trainer = unimatch_stub(cutmix=CutMix(probability=1.0), confidence_threshold=0.4)
     trainer.network = Recording(trainer.network)
     calls = []
     unlabeled_loss = trainer.unlabeled_loss

@@ -1,4 +1,5 @@
 """Boxes for CutMix and copy-paste, and mixing images, labels and region targets with them."""
+from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import torch
@@ -28,6 +29,17 @@ def cutmix_boxes(n: int, spatial_shape: Sequence[int], probability: float, volum
     volume = torch.empty(n, device=device).uniform_(*volume_range)
     applied = torch.rand(n, device=device) < probability
     return random_boxes(volume ** (1 / len(spatial_shape)) * applied, spatial_shape)
+
+
+@dataclass(frozen=True)
+class CutMix:
+    """UniMatch's CutMix of a batch with itself, as one setting: per sample, with ``probability``, a box covering a
+    uniformly drawn fraction ``volume`` of the patch (UniMatch: p 0.5, 2-40 % of the area)."""
+    probability: float = 0.5
+    volume: Tuple[float, float] = (0.02, 0.4)
+
+    def boxes(self, n: int, spatial_shape: Sequence[int], device: torch.device) -> torch.Tensor:
+        return cutmix_boxes(n, spatial_shape, self.probability, self.volume, device)
 
 
 def paste(content: torch.Tensor, background: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

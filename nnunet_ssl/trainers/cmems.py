@@ -44,7 +44,7 @@ from typing import Tuple
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
-from nnunet_ssl.blocks.mixing import cutmix_boxes, paste, random_boxes, with_partner
+from nnunet_ssl.blocks.mixing import CutMix, paste, random_boxes, with_partner
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
@@ -52,7 +52,7 @@ from nnunet_ssl.nnunet_internals import as_masked_target, masked_segmentation_lo
 from nnunet_ssl.networks.feature_perturbation import (ChannelDropout, TwoNetworksWithFeaturePerturbation,
                                                       UniformFeatureNoise)
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-from nnunet_ssl.trainers.settings import at_least, fraction, fraction_range, instance_of
+from nnunet_ssl.trainers.settings import at_least, cutmix_setting, fraction, instance_of
 
 
 class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
@@ -61,8 +61,7 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
     feature_perturbation_weight = 0.5
     synthetic_weight = 1.0
     strong_intensity = StrongIntensity()
-    cutmix_probability = 0.5
-    cutmix_volume = (0.02, 0.4)
+    cutmix = CutMix()
     #: side of the pasted exemplar box relative to the patch, per axis (BCP's 2/3)
     paste_side_fraction = 2 / 3
     #: channel dropout probability on the features (0 disables this perturbation)
@@ -72,9 +71,11 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
 
     settings_checks = {"confidence_threshold": fraction(), "image_perturbation_weight": at_least(0),
                        "feature_perturbation_weight": at_least(0), "synthetic_weight": at_least(0),
-                       "strong_intensity": instance_of(StrongIntensity), "cutmix_probability": fraction(),
-                       "cutmix_volume": fraction_range(), "paste_side_fraction": fraction(),
+                       "strong_intensity": instance_of(StrongIntensity), "cutmix": cutmix_setting(),
+                       "paste_side_fraction": fraction(),
                        "feature_dropout": fraction(closed_above=False), "feature_noise": at_least(0)}
+    renamed_settings = {**nnUNetTrainerSSLBase.renamed_settings, "cutmix_probability": "cutmix",
+                        "cutmix_volume": "cutmix"}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
@@ -104,7 +105,7 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
         n_l, n_u, spatial, device = data.shape[0], data_unlabeled.shape[0], data.shape[2:], data.device
-        mix = cutmix_boxes(n_u, spatial, self.cutmix_probability, self.cutmix_volume, device)
+        mix = self.cutmix.boxes(n_u, spatial, device)
         strong = with_partner(self.to_device(batch["unlabeled"][STRONG_VIEW_KEY]), mix)
         pasted = random_boxes(torch.full((n_u,), self.paste_side_fraction, device=device), spatial)
         source = torch.arange(n_u, device=device) % n_l

@@ -9,6 +9,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
+from nnunet_ssl.blocks.mixing import CutMix
 from nnunet_ssl.errors import SSLConfigError
 
 
@@ -62,6 +63,13 @@ def fraction_range() -> Allowed:
 
 def instance_of(cls: type) -> Allowed:
     return Allowed(f"a {cls.__name__}", lambda value: isinstance(value, cls))
+
+
+def cutmix_setting() -> Allowed:
+    volume = fraction_range()
+    return Allowed(f"a CutMix with probability in [0, 1] and volume {volume.description}",
+                   lambda value: isinstance(value, CutMix) and _is_number(value.probability)
+                   and 0 <= value.probability <= 1 and volume.accepts(value.volume))
 
 
 BOOLEAN = one_of(True, False)

@@ -43,14 +43,14 @@ none reaching nnUNetTrainer: ramp-up over the whole training 0.78; nnU-Net's Dic
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
-from nnunet_ssl.blocks.mixing import cutmix_boxes, with_partner
+from nnunet_ssl.blocks.mixing import CutMix, with_partner
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution
 from nnunet_ssl.blocks.pseudo_labels import confident_pseudo_labels, with_ignored
 from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY, StrongIntensity, StrongView, strong_intensity_transforms
 from nnunet_ssl.networks.feature_perturbation import ChannelDropout, UNetWithFeaturePerturbation
 from nnunet_ssl.nnunet_internals import as_masked_target, masked_segmentation_loss, pseudo_label_ignore_value
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-from nnunet_ssl.trainers.settings import at_least, fraction, fraction_range, instance_of, one_of
+from nnunet_ssl.trainers.settings import at_least, cutmix_setting, fraction, instance_of, one_of
 
 #: the second strong view's key in the unlabeled batch (the first is ``STRONG_VIEW_KEY``)
 SECOND_STRONG_VIEW_KEY = "image_strong2"
@@ -65,15 +65,14 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSSLBase):
     #: channel dropout probability on the weak patches' features
     feature_dropout = 0.5
     strong_intensity = StrongIntensity()
-    cutmix_probability = 0.5
-    cutmix_volume = (0.02, 0.4)
+    cutmix = CutMix()
     #: the unlabeled terms ramp up (sigmoid) over this fraction of the training; 0: full weight from the start
     rampup_fraction = 0.0
 
     settings_checks = {"confidence_threshold": fraction(), "strong_weight": at_least(0),
                        "feature_perturbation_weight": at_least(0), "feature_dropout": fraction(closed_above=False),
-                       "strong_intensity": instance_of(StrongIntensity), "cutmix_probability": fraction(),
-                       "cutmix_volume": fraction_range(), "inference": one_of("first")}
+                       "strong_intensity": instance_of(StrongIntensity), "cutmix": cutmix_setting(),
+                       "inference": one_of("first")}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
@@ -97,7 +96,7 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSSLBase):
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
         n_l, n_u, spatial, device = data.shape[0], data_unlabeled.shape[0], data.shape[2:], data.device
-        boxes = [cutmix_boxes(n_u, spatial, self.cutmix_probability, self.cutmix_volume, device) for _ in range(2)]
+        boxes = [self.cutmix.boxes(n_u, spatial, device) for _ in range(2)]
         strong = [with_partner(self.to_device(batch["unlabeled"][key]), box)
                   for key, box in zip((STRONG_VIEW_KEY, SECOND_STRONG_VIEW_KEY), boxes)]
 
