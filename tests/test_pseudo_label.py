@@ -69,9 +69,12 @@ def test_export_writes_label_confidence_and_locations_by_hand(ssl_env, monkeypat
 def test_pseudo_patches_per_batch():
     assert [pseudo_patches_per_batch(b, s) for b, s in ((2, 0.5), (2, 0.1), (2, 0.9), (4, 0.25), (5, 0.5))] == \
         [1, 1, 1, 1, 2]
-    for batch, share in ((1, 0.5), (4, 0.0), (4, 1.0)):
-        with pytest.raises(SSLConfigError):
-            pseudo_patches_per_batch(batch, share)
+    with pytest.raises(SSLConfigError, match="batch size of at least 2"):
+        pseudo_patches_per_batch(1, 0.5)
+    for share in (0.0, 1.0):  # refused with the trainer's settings, naming the attribute
+        variant = type("Variant", (nnUNetTrainerPseudoLabel,), {"pseudo_label_share": share})
+        with pytest.raises(SSLConfigError, match=r"Variant\.pseudo_label_share must be a number in \(0, 1\)"):
+            variant.check_settings()
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------

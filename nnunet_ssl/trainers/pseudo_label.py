@@ -37,10 +37,8 @@ from nnunet_ssl.trainers.settings import BOOLEAN, fraction, instance_of, one_of,
 
 
 def pseudo_patches_per_batch(batch_size: int, share: float) -> int:
-    """Pseudo-labeled patches in a batch of ``batch_size``: ``share`` of it, rounded, at least one patch of each
-    kind."""
-    if not 0 < share < 1:
-        raise SSLConfigError(f"pseudo_label_share must be in (0, 1), got {share}")
+    """Pseudo-labeled patches in a batch of ``batch_size``: ``share`` (in (0, 1), checked with the trainer's settings)
+    of it, rounded, at least one patch of each kind."""
     if batch_size < 2:
         raise SSLConfigError(f"a batch of {batch_size} patch cannot hold labeled and pseudo-labeled patches; "
                              f"self-training needs a batch size of at least 2 (per GPU)")
