@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from nnunet_ssl.cpu_environment import with_cpu_environment
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WORKDIR = os.path.join(REPO, "benchmarks", "work")
 #: MSD Hippocampus (images/ and labels/); ../shared/data next to the repository unless NNUNET_SSL_HIPPOCAMPUS is set
@@ -33,10 +35,9 @@ def nnunet_env(workdir: str, **extra) -> dict:
                nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
                nnUNet_results=os.path.join(workdir, "nnUNet_results"),
                nnUNet_extTrainer=os.path.join(workdir, "ext"), PYTHONWARNINGS="ignore")
-    # On a CPU shared with data-loader workers (or other jobs), OpenMP threads that spin while waiting make small
-    # convolutions up to 40x slower (measured here: one 2d forward 0.5-0.9 s instead of 0.02 s); passive waiting
-    # avoids that. Users can still set their own policy.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # the small-CPU settings (nnunet_ssl.cpu_environment: passive OpenMP waiting, glibc keeping large blocks),
+    # unless set; step_benchmark's --glibc-default-malloc measures without the glibc ones
+    env = with_cpu_environment(env)
     # nnU-Net's final validation exports through a pool of nnUNet_def_n_proc (default 8) spawned processes of
     # about 1 GB each; more than the cores only costs memory and start-up
     env.setdefault("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 2)))

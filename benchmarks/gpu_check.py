@@ -38,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from nnunet_ssl.cpu_environment import with_cpu_environment
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import bench_common  # noqa: E402
@@ -91,7 +93,7 @@ class Check:
                         nnUNet_preprocessed=os.path.join(work, "preprocessed"),
                         nnUNet_results=os.path.join(work, "results"), nnUNet_extTrainer=os.path.join(work, "ext"),
                         PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
-        self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.env = with_cpu_environment(self.env)
 
     def log(self, text: str, console: bool = True) -> None:
         with open(self.log_file, "a") as f:

@@ -35,8 +35,10 @@ over the control's, minus 1 (target < 10 %; with ``--no-control`` the verdict fa
 hook on every U-Net encoder also counts samples through encoders, with and without gradient, per labeled sample
 ("networks x passes x samples"; forward-only counts 1/3 in ``count``, backward ~ 2 forwards).
 
-Runs with ``OMP_WAIT_POLICY=PASSIVE`` unless set (spinning OpenMP threads next to the data-loader workers
-distort CPU timings badly; see ``bench_common.nnunet_env``).
+Runs every measured process with :data:`nnunet_ssl.cpu_environment.CPU_ENVIRONMENT` unless set: passive OpenMP
+waiting (spinning threads next to the data-loader workers distort CPU timings badly) and glibc keeping large blocks
+in its heap (otherwise every tensor above 32 MB costs a fresh mmap and its page faults, which on a CPU penalises the
+trainers that run 3 or more 3d patches in one batch; ``--glibc-default-malloc`` measures without it).
 
 Where the time goes for one trainer (torch.profiler, ops with the most self time):
 
@@ -56,6 +58,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as bc  # noqa: E402
+from nnunet_ssl.cpu_environment import CPU_ENVIRONMENT, with_cpu_environment  # noqa: E402
 
 DATA_WAIT_TARGET = 0.05
 OVERHEAD_TARGET = 0.10
@@ -354,6 +357,9 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", nargs=2, metavar=("TRAINER", "CONFIGURATION"),
                         help="instead of the benchmark: torch.profiler table of one trainer's steps")
     parser.add_argument("--no-control", action="store_true", help="skip the nnUNetTrainer@2B control row")
+    parser.add_argument("--glibc-default-malloc", action="store_true",
+                        help="measure with glibc's default allocator settings instead of nnunet_ssl.cpu_environment's "
+                             "(which keep large blocks in the heap instead of a fresh mmap per allocation)")
     parser.add_argument("--one", nargs=2, metavar=("TRAINER", "CONFIGURATION"), help=argparse.SUPPRESS)
     parser.add_argument("--skip-work", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -370,10 +376,13 @@ def main(argv=None) -> None:
         parser.error(f"--batch-size takes CONFIG=N items (e.g. 2d=8), got {' '.join(args.batch_size)}")
 
     hippocampus = args.dataset == bc.DATASET_NAME
-    env = dict(os.environ)
+    env = with_cpu_environment(os.environ)
     if hippocampus:
         env = bc.prepare_hippocampus(args.workdir, args.configurations)
         bc.use_env(env)
+    if args.glibc_default_malloc:
+        env = {k: v for k, v in env.items() if not k.startswith("MALLOC_")}
+    environment = {name: env.get(name) for name in CPU_ENVIRONMENT}
     if args.profile:
         trainer, configuration = args.profile
         print(profile_one(trainer, configuration, batch_sizes.get(configuration), args.device, args.warmup,
@@ -408,11 +417,13 @@ def main(argv=None) -> None:
           f"per trainer; labeled batch B and patch: "
           + "; ".join(f"{r['configuration']} B={r['batch_size']} x {r['patch_size']}"
                       for r in rows if r["trainer"] == "nnUNetTrainer")
-          + " (SSL trainers add B unlabeled patches)")
+          + " (SSL trainers add B unlabeled patches); environment "
+          + ", ".join(f"{name}={value}" for name, value in environment.items()))
     print(table(rows))
     output = args.output or os.path.join(args.workdir, "step_benchmark.json")
     with open(output, "w") as f:
-        json.dump({"provenance": bc.provenance(), "rows": rows, "measurements": results}, f, indent=1)
+        json.dump({"provenance": dict(bc.provenance(), environment=environment), "rows": rows,
+                   "measurements": results}, f, indent=1)
     print(f"wrote {output}")
 
 

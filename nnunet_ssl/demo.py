@@ -37,6 +37,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     import nnunet_ssl.trainers as trainers
+    from nnunet_ssl.cpu_environment import CPU_ENVIRONMENT
     from nnunet_ssl.synthetic import make_dataset
     from nnunet_ssl.variants import short_schedule, write_variants_module
 
@@ -48,8 +49,9 @@ def main(argv=None) -> None:
     write_variants_module(ext, "nnunet_ssl_demo_trainers", [short_schedule(
         getattr(trainers, args.tr), args.tr + "_demo", args.epochs, args.iterations, val_iterations=5)],
         "Short-schedule variant for nnunet_ssl_demo (written by it).")
-    # passive OpenMP waiting: spinning threads starve nnU-Net's augmentation workers on small CPUs
-    variables = dict(**folders, nnUNet_extTrainer=ext, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    # the small-CPU settings (passive OpenMP waiting, glibc keeping large blocks) unless the user set their own
+    cpu = {name: os.environ.get(name, value) for name, value in CPU_ENVIRONMENT.items()}
+    variables = dict(**folders, nnUNet_extTrainer=ext, **cpu)
     env = dict(os.environ, **variables)
     print(f"The demo's nnU-Net folders and trainer folder; to repeat its commands by hand, first run\n"
           f"{export_line(variables)}", flush=True)

@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
-# torch's OpenMP threads spin while they wait; on a 2-core machine shared with nnU-Net's augmentation workers that
-# makes small convolutions several times slower. Passive waiting keeps the CPU end-to-end tests fast.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from nnunet_ssl.cpu_environment import with_cpu_environment
+
+# the small-CPU settings for the nnU-Net commands the end-to-end tests start (passive OpenMP waiting: spinning
+# threads make small convolutions several times slower next to nnU-Net's augmentation workers)
+os.environ.update(with_cpu_environment(os.environ))
 
 HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_trainer_hooks.py") + ":EndToEndTestHooks"
 
