@@ -35,7 +35,9 @@ Choices and deviations (class attributes where they are settings):
 reaches a validation Dice of 0.79 against nnUNetTrainer's 0.90 (no unlabeled terms: 0.87). Variants tried there,
 none reaching nnUNetTrainer: ramp-up over the whole training 0.78; nnU-Net's Dice+CE for the unlabeled terms
 0.72, with ramp-up 0.81; the paper's weights 0.25 / 0.5 at nnU-Net's supervised scale with ramp-up 0.82 (Dice+CE
-0.76); strong-view terms alone 0.79. The strong-view consistency is what costs; why, on this data, is open.
+0.76); strong-view terms alone 0.79; strong views without intensity perturbations (CutMix only) 0.80, with blur
+and noise only 0.85 (the synthetic classes differ by intensity alone, yet removing the intensity perturbations
+does not close the gap). The strong-view consistency is what costs; why, on this data, is open.
 * one encoder pass over labeled, both strong and weak patches, one decoder pass over them and one over the
   perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 4 B_u`` decoder samples; the released code runs
   the strong views in a second forward pass).
