@@ -124,6 +124,17 @@ def steal_share(before, after):
     return delta[7] / sum(delta) if sum(delta) else None
 
 
+def started_mid_training(trainer_name: str, configuration: str, batch_size, device: str,
+                         dataset: str = bc.DATASET_NAME):
+    """The trainer built, its data workers started, in the epoch at the middle of its schedule: every method in
+    its main stage (BCP: self-training)."""
+    trainer = build_trainer(trainer_name, configuration, batch_size, device, dataset)
+    trainer.on_train_start()
+    trainer.current_epoch = trainer.num_epochs // 2
+    trainer.on_train_epoch_start()
+    return trainer
+
+
 def measure_one(trainer_name: str, configuration: str, batch_size, device: str, warmup: int, steps: int,
                 count_work: bool = True, dataset: str = bc.DATASET_NAME) -> dict:
     """Time ``steps`` iterations after ``warmup`` ones; then (``count_work``) count the work of one more. Runs in
@@ -134,10 +145,7 @@ def measure_one(trainer_name: str, configuration: str, batch_size, device: str, 
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
     from nnunet_ssl.networks.pretrained import unwrap
 
-    trainer = build_trainer(trainer_name, configuration, batch_size, device, dataset)
-    trainer.on_train_start()
-    trainer.current_epoch = trainer.num_epochs // 2  # mid-training: every method in its main stage (BCP: self-training)
-    trainer.on_train_epoch_start()
+    trainer = started_mid_training(trainer_name, configuration, batch_size, device, dataset)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -189,9 +197,7 @@ def profile_one(trainer_name: str, configuration: str, batch_size, device: str, 
     backward / optimizer and anything after the optimizer step such as an EMA update)."""
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = build_trainer(trainer_name, configuration, batch_size, device)
-    trainer.on_train_start()
-    trainer.on_train_epoch_start()
+    trainer = started_mid_training(trainer_name, configuration, batch_size, device)
     for _ in range(warmup):
         trainer.train_step(next(trainer.dataloader_train))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
