@@ -1,5 +1,5 @@
 """One rank of the CPU DDP run of tests/test_ddp.py: ``python ddp_worker.py OUT_DIR`` with torchrun's variables
-(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) set. Every SSL trainer goes through nnU-Net's DDP code path on the
+(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) set. Every trainer goes through nnU-Net's DDP code path on the
 gloo backend for a few steps; this rank records what it drew, digests of its weights after every optimizer step,
 what it logged, and rank 0 writes a checkpoint that both ranks resume under DDP and rank 0 resumes without it.
 
@@ -22,9 +22,11 @@ import nnunet_ssl.trainers as trainers
 from helpers import shrink_plans
 from nnunet_ssl.errors import SSLConfigError
 
-#: the trainers with an unlabeled image stream; nnUNetTrainerPseudoLabel needs a teacher's pseudo-labels and splits
-#: one batch into labeled and pseudo-labeled patches instead (tests/test_pseudo_label.py)
-DDP_TRAINERS = [name for name in trainers.__all__ if name != "nnUNetTrainerPseudoLabel"]
+#: self-training splits nnU-Net's batch into labeled and pseudo-labeled patches (instead of adding an unlabeled
+#: batch) and needs a teacher's pseudo-labels, which tests/test_ddp.py makes before starting the ranks
+SELF_TRAINING = "nnUNetTrainerPseudoLabel"
+#: the trainers with an unlabeled image stream
+DDP_TRAINERS = [name for name in trainers.__all__ if name != SELF_TRAINING]
 STEPS = 2
 #: global batches: labeled (the plans' batch_size) and unlabeled (the trainers' class attribute)
 LABELED, UNLABELED = 4, 5
@@ -40,7 +42,9 @@ def on_cpu(trainer_class):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         trainer_class.__init__(self, plans, configuration, fold, dataset_json, device)
         self.device, self.grad_scaler = torch.device("cpu"), None
-    attributes = {"__init__": __init__, "unlabeled_batch_size": UNLABELED}
+    attributes = {"__init__": __init__}
+    if trainer_class.__name__ != SELF_TRAINING:
+        attributes["unlabeled_batch_size"] = UNLABELED
     if hasattr(trainer_class, "pretrain_fraction"):
         attributes["pretrain_fraction"] = 0  # BCP: the mean-teacher stage from the first step, so the teacher moves
     return type(trainer_class.__name__, (trainer_class,), attributes)
@@ -138,11 +142,11 @@ def main(out_dir: str) -> None:
     nnunet_trainer_module.DDP = cpu_ddp
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    records = {name: run_trainer(name, out_dir, rank) for name in DDP_TRAINERS}
+    records = {name: run_trainer(name, out_dir, rank) for name in DDP_TRAINERS + [SELF_TRAINING]}
     records["uneven_labeled_batch_error"] = uneven_labeled_batch_error()
     dist.destroy_process_group()
     if rank == 0:
-        for name in DDP_TRAINERS:
+        for name in DDP_TRAINERS + [SELF_TRAINING]:
             records[name]["without_ddp"] = resume_without_ddp(name, out_dir)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(records, f)
