@@ -7,7 +7,7 @@ torchvision, triton, numpy, scipy, scikit-image, scikit-learn, pandas, matplotli
 more already installed. What nnU-Net's train / preprocess / predict path imports beyond those is downloaded here as
 wheels at the versions of this environment (``COMPILED``, ``PURE``), plus nnunet-ssl's own wheel. SimpleITK alone
 is a 53 MB wheel and all of them 66 MiB, over the 64 MiB a device call can carry; so the wheels are stored
-uncompressed inside one xz-compressed tar (about 40 MiB, estimated from samples; see the README). gpu_check makes its
+uncompressed inside one xz-compressed tar (36.5 MiB, measured; see the README). gpu_check makes its
 data on the spot. xz -9 over the 311 MiB of stored wheels takes minutes of one core.
 
 On the GPU machine:
