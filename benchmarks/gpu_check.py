@@ -13,7 +13,8 @@ Steps, each logged with its command and output to ``gpu_check.log``:
    trainer, ``--parallel`` at a time, with ``nnUNet_compile=t``: one epoch of ``--iterations`` iterations (short
    schedule variants written to this run's ``nnUNet_extTrainer`` folder) and nnU-Net's final validation. Each
    training reports what it ran with: network compiled, grad scaler (AMP) on, the SSL loss run under autocast, and
-   peak GPU memory;
+   peak GPU memory. Self-training comes last: ``nnunet_ssl_pseudolabel`` with the nnUNetTrainer just trained as
+   teacher, then its student;
 3. ``nnUNetv2_predict`` of one test case with each trained model;
 4. ``benchmarks/step_benchmark.py`` on this dataset at the plans' batch sizes (compile on; FLOPs counted on the
    uncompiled network), a few timed steps per trainer.
@@ -45,6 +46,8 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import bench_common  # noqa: E402
 
 DATASET_ID, DATASET_NAME = 993, "Dataset993_GPUCheck"
+#: trained after the others, from the pseudo-labels of the nnUNetTrainer trained here (its teacher)
+SELF_TRAINING, TEACHER = "nnUNetTrainerPseudoLabel", "nnUNetTrainer"
 REPORT_PREFIX = "GPUCHECK "
 #: synthetic case shapes (z, y, x); "tiny" is the smallest whose plans keep three stages (with two, nnU-Net's deep
 #: supervision weights are 0 / 0 and every loss is NaN)
@@ -154,6 +157,11 @@ def train_command(trainer: str, configuration: str, device: str) -> list:
             device]
 
 
+def pseudolabel_command(configuration: str, device: str) -> list:
+    return [bin_path("nnunet_ssl_pseudolabel"), "-d", str(DATASET_ID), "-c", configuration, "-f", "0", "-tr",
+            TEACHER + "_gpucheck", "-device", device, "--disable_progress_bar"]
+
+
 def predict_command(check: Check, trainer: str, configuration: str, device: str) -> list:
     return [bin_path("nnUNetv2_predict"), "-i", os.path.join(check.env["nnUNet_raw"], DATASET_NAME, "imagesTs"),
             "-o", os.path.join(check.work, "predictions", trainer), "-d", str(DATASET_ID), "-c", configuration,
@@ -220,9 +228,24 @@ def run_trainers(check: Check, trainers: list, configuration: str, parallel: int
         return {row["trainer"]: row for row in pool.map(one, trainers)}
 
 
+def run_self_training(check: Check, teacher_row: dict, configuration: str, iterations: int, device: str) -> dict:
+    """Pseudo-labels of the unlabeled cases from the teacher trained in step 2, then the student (step 2 and 3)."""
+    row = {"trainer": SELF_TRAINING}
+    if teacher_row.get("status") != "ok":
+        return dict(row, status=f"skipped: teacher {TEACHER} {teacher_row.get('status', 'not trained')}")
+    if check.time_left() <= 0:
+        return dict(row, status="skipped: out of time")
+    made = check.run(pseudolabel_command(configuration, device))
+    if made["rc"]:
+        return dict(row, status="pseudo-labels failed", pseudolabel_s=made["seconds"])
+    student = run_trainers(check, [SELF_TRAINING], configuration, 1, iterations, device)[SELF_TRAINING]
+    return dict(student, pseudolabel_s=made["seconds"])
+
+
 def benchmarked(trainers: list) -> list:
-    """nnUNetTrainer (the reference) and the methods among the trainers."""
-    return ["nnUNetTrainer"] + [t for t in methods(trainers) if t != "nnUNetTrainer"]
+    """nnUNetTrainer (the reference) and the methods among the trainers; not self-training, whose step is
+    nnUNetTrainer's (one U-Net, nnU-Net's batch, nnU-Net's loss)."""
+    return ["nnUNetTrainer"] + [t for t in methods(trainers) if t not in ("nnUNetTrainer", SELF_TRAINING)]
 
 
 def run_benchmark(check: Check, trainers: list, configuration: str, warmup: int, steps: int, device: str) -> dict:
@@ -297,17 +320,25 @@ def main(argv=None) -> None:
     start = time.time()
     env_info = environment()
     run_steps = (env_info["cuda"] or args.device == "cpu") and not args.dry_run
-    trainers = args.trainers or bench_common.trainer_names()  # self-training needs a teacher first
+    trainers = args.trainers or bench_common.trainer_names(self_training=True)
+    # self-training last: it needs its teacher's pseudo-labels
+    first = [t for t in trainers if t != SELF_TRAINING]
+    trainers = first + ([SELF_TRAINING] if SELF_TRAINING in trainers else [])
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as temporary:
         check = Check(os.path.abspath(args.out), os.path.abspath(args.work or temporary), args.budget_s)
         check.log(f"gpu_check: {json.dumps(env_info)}; configuration {args.configuration}, trainers {trainers}")
         plans = prepare_data(check, args.configuration, "full" if run_steps and args.device == "cuda" else "tiny")
         if run_steps:
-            rows = run_trainers(check, trainers, args.configuration, args.parallel, args.iterations, args.device)
+            rows = run_trainers(check, first, args.configuration, args.parallel, args.iterations, args.device)
+            if SELF_TRAINING in trainers:
+                rows[SELF_TRAINING] = run_self_training(check, rows.get(TEACHER, {}), args.configuration,
+                                                        args.iterations, args.device)
             steps = run_benchmark(check, trainers, args.configuration, args.warmup, args.steps, args.device)
         else:
             check.log("no CUDA" + (" (--dry-run)" if args.dry_run else "") + ": skipped, with these commands:")
             for trainer in trainers:
+                if trainer == SELF_TRAINING:
+                    check.log("  " + " ".join(pseudolabel_command(args.configuration, "cuda")))
                 check.log("  " + " ".join(train_command(trainer, args.configuration, "cuda")))
                 check.log("  " + " ".join(predict_command(check, trainer, args.configuration, "cuda")))
             check.log(f"  step benchmark of {benchmarked(trainers)}: "

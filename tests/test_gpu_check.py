@@ -16,7 +16,9 @@ def test_dry_run_prepares_everything_but_the_cuda_steps(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     run_cli([sys.executable, GPU_CHECK, "--dry-run", "--configuration", "2d", "--out", str(out), "--work", str(work)],
             env)
-    names = ["nnUNetTrainer"] + [name for name in trainers.__all__ if name != "nnUNetTrainerPseudoLabel"]
+    # self-training last, after the pseudo-labels of the nnUNetTrainer trained before it
+    names = ["nnUNetTrainer"] + [name for name in trainers.__all__ if name != "nnUNetTrainerPseudoLabel"] + [
+        "nnUNetTrainerPseudoLabel"]
 
     table = (out / "gpu_check.md").read_text()
     assert [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith("| nnUNetTrainer")] == names
@@ -25,8 +27,11 @@ def test_dry_run_prepares_everything_but_the_cuda_steps(tmp_path):
     for name in names:
         assert f"nnUNetv2_train 993 2d 0 -tr {name}_gpucheck -device cuda" in log
         assert f"-tr {name}_gpucheck -device cuda -npp 1" in log
-    # the step benchmark measures nnUNetTrainer and each method once (not variants such as nnUNetTrainerDMD_paper)
-    methods = [name for name in names[1:] if not name.endswith("_paper")]
+    pseudolabel = "nnunet_ssl_pseudolabel -d 993 -c 2d -f 0 -tr nnUNetTrainer_gpucheck -device cuda"
+    assert log.index(pseudolabel) < log.index("-tr nnUNetTrainerPseudoLabel_gpucheck -device cuda")
+    # the step benchmark measures nnUNetTrainer and each method once (not variants such as nnUNetTrainerDMD_paper;
+    # not self-training, whose step is nnUNetTrainer's)
+    methods = [name for name in names[1:-1] if not name.endswith("_paper")]
     assert f"step benchmark of {['nnUNetTrainer'] + methods}" in log and "dataset='Dataset993_GPUCheck'" in log
 
     preprocessed = work / "preprocessed" / "Dataset993_GPUCheck"
