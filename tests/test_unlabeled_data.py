@@ -6,8 +6,10 @@ import os
 import pytest
 
 from conftest import clone_dataset, make_trainer
+from nnunet_ssl.data.strong_views import STRONG_VIEW_KEY
 from nnunet_ssl.errors import SSLConfigError
-from nnunet_ssl.trainers import nnUNetTrainerCMEMS, nnUNetTrainerMeanTeacher
+from nnunet_ssl.trainers import nnUNetTrainerCMEMS, nnUNetTrainerMeanTeacher, nnUNetTrainerUniMatch
+from nnunet_ssl.trainers.unimatch import SECOND_STRONG_VIEW_KEY
 
 
 class WideUnlabeledBatch(nnUNetTrainerMeanTeacher):
@@ -212,7 +214,7 @@ def masked_norm_dataset(ssl_env):
     shutil.rmtree(os.path.join(ssl_env["nnUNet_raw"], dataset))
 
 
-@pytest.mark.parametrize("trainer_class", [nnUNetTrainerMeanTeacher, nnUNetTrainerCMEMS])
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerMeanTeacher, nnUNetTrainerCMEMS, nnUNetTrainerUniMatch])
 def test_unlabeled_patches_are_masked_after_augmentation_like_labeled_ones(ssl_env, monkeypatch, masked_norm_dataset,
                                                                            trainer_class):
     """With use_mask_for_norm nnU-Net sets the labeled patches back to 0 outside the nonzero mask after intensity
@@ -237,3 +239,27 @@ def test_unlabeled_patches_are_masked_after_augmentation_like_labeled_ones(ssl_e
     near_zeros = ((patches != 0) & (patches.abs() < 0.25)).flatten(1).float().mean(1)
     assert torch.all(exact_zeros > 0.1), "the outside of the mask is 0 in every patch"
     assert torch.all(near_zeros < 0.01), "no noise or contrast shift left outside the mask"
+    # the strongly perturbed views (CMEMS, UniMatch) too: 0 wherever their weak view is outside the mask
+    for key in (STRONG_VIEW_KEY, SECOND_STRONG_VIEW_KEY):
+        if key in batches[0]:
+            strong = torch.cat([batch[key] for batch in batches])
+            assert torch.all(strong[patches == 0] == 0), f"{key}: perturbed values outside the mask"
+            assert (strong[patches != 0] != 0).float().mean() > 0.99
+
+
+def test_strong_intensity_keeps_the_outside_of_the_nonzero_mask_at_zero():
+    """Self-training's student noise (and the strong views) perturb intensities after nnU-Net's masking: the masked
+    channels must stay 0 outside the mask, the other channels and the inside are perturbed."""
+    import torch
+    from nnunet_ssl.data.strong_views import MaskedIntensity, StrongIntensity, strong_intensity_transforms
+
+    torch.manual_seed(0)
+    image = torch.zeros(2, 8, 8)
+    image[:, :, 4:] = torch.randn(2, 8, 4) + 5
+    noise = strong_intensity_transforms(StrongIntensity(p_brightness=1, p_contrast=1, p_blur=1, p_noise=1))
+    masked = MaskedIntensity(noise, mask_channels=[0])(image=image.clone())["image"]
+    assert torch.all(masked[0, :, :4] == 0), "masked channel, outside: 0"
+    assert torch.all(masked[0, :, 4:] != image[0, :, 4:]), "masked channel, inside: perturbed"
+    assert torch.any(masked[1, :, :4] != 0), "a channel not normalised within the mask is perturbed everywhere"
+    unmasked = MaskedIntensity(noise)(image=image.clone())["image"]
+    assert torch.any(unmasked[0, :, :4] != 0)

@@ -3,10 +3,14 @@
 Appended to the unlabeled transforms, :class:`StrongView` copies the already (spatially) augmented ``image`` into
 ``image_strong`` and perturbs only the copy's intensities, so a pseudo-label predicted on ``image`` lines up voxel
 by voxel with a prediction on ``image_strong``. All perturbations are batchgeneratorsv2's, with wider ranges and
-higher probabilities than nnU-Net's own augmentation.
+higher probabilities than nnU-Net's own augmentation. Where the plans normalise channels within the nonzero mask
+(``use_mask_for_norm``), the copy is set back to 0 outside that mask afterwards, as nnU-Net does after its own
+intensity augmentation (the weak view, masked by nnU-Net's transforms, tells where the outside is).
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Sequence, Tuple
+
+import torch
 
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
@@ -16,6 +20,8 @@ from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseT
 from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+from nnunet_ssl.data.loaders import nonzero_mask_segmentation
 
 STRONG_VIEW_KEY = "image_strong"
 
@@ -55,15 +61,43 @@ def strong_intensity_transforms(config: StrongIntensity) -> ComposeTransforms:
     ])
 
 
+def perturbed_within_mask(intensity: BasicTransform, image: torch.Tensor,
+                          mask_channels: Sequence[int]) -> torch.Tensor:
+    """``intensity`` applied to a copy of ``image``, then 0 in ``mask_channels`` wherever ``image`` is outside its
+    nonzero mask (nnU-Net's masking after intensity augmentation, for ``use_mask_for_norm`` channels)."""
+    perturbed = intensity(image=image.clone())["image"]
+    if mask_channels:
+        channels = list(mask_channels)
+        outside = nonzero_mask_segmentation(image, channels) < 0
+        perturbed[channels] = torch.where(outside, 0.0, perturbed[channels])
+    return perturbed
+
+
+class MaskedIntensity(BasicTransform):
+    """``intensity`` applied to ``image`` itself, the outside of the nonzero mask kept at 0 in ``mask_channels``
+    (see :func:`perturbed_within_mask`)."""
+
+    def __init__(self, intensity: BasicTransform, mask_channels: Sequence[int] = ()):
+        super().__init__()
+        self.intensity = intensity
+        self.mask_channels = list(mask_channels)
+
+    def apply(self, data_dict, **params):
+        data_dict["image"] = perturbed_within_mask(self.intensity, data_dict["image"], self.mask_channels)
+        return data_dict
+
+
 class StrongView(BasicTransform):
     """Adds ``key`` (default ``image_strong``): a copy of ``image`` passed through ``intensity`` (``image`` itself
-    is untouched). Two of them with different keys give two independently perturbed views."""
+    is untouched), then 0 in ``mask_channels`` outside the nonzero mask of ``image``. Two of them with different
+    keys give two independently perturbed views."""
 
-    def __init__(self, intensity: BasicTransform, key: str = STRONG_VIEW_KEY):
+    def __init__(self, intensity: BasicTransform, key: str = STRONG_VIEW_KEY, mask_channels: Sequence[int] = ()):
         super().__init__()
         self.intensity = intensity
         self.key = key
+        self.mask_channels = list(mask_channels)
 
     def apply(self, data_dict, **params):
-        data_dict[self.key] = self.intensity(image=data_dict["image"].clone())["image"]
+        data_dict[self.key] = perturbed_within_mask(self.intensity, data_dict["image"], self.mask_channels)
         return data_dict

@@ -93,7 +93,8 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
         """nnU-Net's augmentation (the weak view, ``image``), then a strongly perturbed copy (``image_strong``)."""
         weak = super().get_unlabeled_transforms(patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug)
-        return ComposeTransforms([weak, StrongView(strong_intensity_transforms(self.strong_intensity))])
+        return ComposeTransforms([weak, StrongView(strong_intensity_transforms(self.strong_intensity),
+                                                   mask_channels=self.mask_for_norm_channels())])
 
     def pseudo_label_target(self, logits: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The confident pseudo-labels of ``logits`` as a masked-loss target of ``like``'s dtype, and the

@@ -29,7 +29,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ssl.data.pseudo_labels import (MANIFEST, PSEUDO_LABELS_FOLDER, ConfidenceToIgnore, PseudoLabeledCases,
                                            cases_done, pseudo_label_folder, read_manifest)
-from nnunet_ssl.data.strong_views import StrongIntensity, strong_intensity_transforms
+from nnunet_ssl.data.strong_views import MaskedIntensity, StrongIntensity, strong_intensity_transforms
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.nnunet_internals import label_manager_with_ignore, sample_without_ignore
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
@@ -145,7 +145,8 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerSSLBase):
         transforms = nnUNetTrainer.get_training_transforms(*args, **kwargs)
         if self.student_augmentation is None:
             return transforms
-        return ComposeTransforms([transforms, strong_intensity_transforms(self.student_augmentation)])
+        return ComposeTransforms([transforms, MaskedIntensity(strong_intensity_transforms(self.student_augmentation),
+                                                              self.mask_for_norm_channels())])
 
     def get_unlabeled_dataloader(self, unlabeled, initial_patch_size, patch_size, rotation_for_DA, mirror_axes,
                                  do_dummy_2d_data_aug):

@@ -93,7 +93,8 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSSLBase):
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
         """nnU-Net's augmentation (the weak view, ``image``), then two independently perturbed copies."""
         weak = super().get_unlabeled_transforms(patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug)
-        return ComposeTransforms([weak] + [StrongView(strong_intensity_transforms(self.strong_intensity), key)
+        return ComposeTransforms([weak] + [StrongView(strong_intensity_transforms(self.strong_intensity), key,
+                                                      self.mask_for_norm_channels())
                                            for key in (STRONG_VIEW_KEY, SECOND_STRONG_VIEW_KEY)])
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
