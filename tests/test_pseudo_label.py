@@ -278,8 +278,10 @@ def test_student_refuses_pseudo_labels_of_other_plans_or_missing_cases(teachers,
 
 
 def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
-    """3 of 4 patches pseudo-labeled; with a threshold above every confidence all pseudo-label voxels inside the
-    image are ignored, and only labeled cases feed the labeled stream (with the Noisy Student noise on)."""
+    """3 of 4 patches pseudo-labeled; with a threshold above every confidence every pseudo-label voxel inside the
+    image is ignored, and only labeled cases feed the labeled stream (with the Noisy Student noise on). The same
+    patches (same seed) drawn without a threshold show where the image is: its foreground becomes the ignore label,
+    and voxels outside the image (padding, label 0 either way) are the only ones left at 0."""
     class Student(nnUNetTrainerPseudoLabel):
         pseudo_label_share = 0.75
         student_augmentation = StrongIntensity()
@@ -289,19 +291,29 @@ def test_student_batch_share_and_confidence_threshold(teachers, monkeypatch):
 
     st_env = teachers
     trainer = make_trainer(st_env["env"], monkeypatch, Student, "2d", dataset=st_env["name"], plans_edit=batch_of_four)
-    trainer.confidence_threshold = 1.01  # above every confidence; a class attribute this high is refused
     trainer.initialize()
     assert (trainer.batch_size, trainer.batch_size_unlabeled) == (1, 3)
-    dl_tr, _ = trainer.build_dataloaders()
-    batch = dl_tr.generate_train_batch()
+
+    def batch_with_threshold(threshold):
+        trainer.confidence_threshold = threshold
+        dl_tr, _ = trainer.build_dataloaders()
+        np.random.seed(7)
+        torch.manual_seed(7)
+        return dl_tr.generate_train_batch()
+
+    kept = batch_with_threshold(0.0)["unlabeled"]["target"][0]
+    batch = batch_with_threshold(1.01)  # above every confidence; a class attribute this high is refused
     assert set(batch["keys"]) <= set(st_env["split"]["train"])
     assert len(batch["unlabeled"]["keys"]) == 3 and len(batch["unlabeled"]["target"]) == len(batch["target"])
-    assert batch["unlabeled"]["target"][0].shape[0] == 3
-    assert set(batch["unlabeled"]["target"][0].unique().tolist()) <= {0, 3}
-    assert (batch["unlabeled"]["target"][0] == 3).float().mean() > 0.5
+    ignored = batch["unlabeled"]["target"][0]
+    assert ignored.shape[0] == 3 and ignored.shape == kept.shape
+    assert set(ignored.unique().tolist()) <= {0, 3} and (kept > 0).any()
+    assert (ignored[kept > 0] == 3).all()
+    assert (ignored == 3).float().mean() > 0.2
     loss, terms = trainer.compute_loss(batch["data"], batch["target"], batch["unlabeled"]["data"], batch,
                                        PassContext())
-    assert torch.isfinite(loss) and terms["pseudo_ignored"] > 0.5
+    assert torch.isfinite(loss)
+    assert terms["pseudo_ignored"] == pytest.approx((ignored == 3).float().mean().item())
 
 
 def test_student_starts_from_the_teachers_weights_if_asked(teachers, monkeypatch, tmp_path):
