@@ -20,12 +20,15 @@ def test_test_cases_are_a_fixed_seeded_fifth():
     assert test != bench_common.test_case_ids(cases, seed=1)
 
 
-def _result(trainer, configuration, seconds, flops, peak, grad, no_grad=0, batch=2, round_index=0, steal=0.0):
+def _result(trainer, configuration, seconds, flops, peak, grad, no_grad=0, batch=2, round_index=0, steal=0.0,
+            largest_pass=None):
     r = {"trainer": trainer, "configuration": configuration, "median_s": seconds, "peak_mb": peak,
          "batch_size": batch, "wait_share": 0.01, "round": round_index, "cpu_steal_share": steal,
          "minor_faults_per_step": 1000.0, "step_times_s": [seconds]}
     if round_index == 0:  # the first round counts the work
         r.update(flops=flops, encoder_samples_grad=grad, encoder_samples_no_grad=no_grad)
+        if largest_pass is not None:
+            r["largest_pass"] = largest_pass
     return r
 
 
@@ -77,6 +80,26 @@ def test_step_verdict_pairs_each_round_with_its_own_control_and_needs_every_roun
     assert "+5 % (+0 .. +20)" in step_benchmark.table([unclear])
     miss = run([4.6, 4.8], [2.0, 2.0])
     assert miss["verdict"] == "miss" and "miss: overhead vs 2B |" in step_benchmark.table([miss])
+
+
+def test_step_verdict_of_a_trainer_whose_passes_are_b_patches_is_against_nnunet_at_b():
+    """BCP-like: the student runs B mixed patches with gradient, the teacher B without (work 4/3); nnU-Net at B is
+    25 % dearer per FLOP than at 2B, so the 2B control would count the small batch against the trainer."""
+    def rows(largest_pass):
+        results = [_result("nnUNetTrainer", "2d", 1.0, 300, 1000, 8, batch=8, largest_pass=8),
+                   _result(step_benchmark.CONTROL, "2d", 1.6, 600, 1100, 16, batch=16, largest_pass=16),
+                   _result("BCP", "2d", 1.4, 400, 1050, 8, 8, batch=8, largest_pass=largest_pass)]
+        return {r["trainer"]: r for r in step_benchmark.ratios(results)}
+
+    bcp = rows(8)["BCP"]
+    assert bcp["overhead"] == pytest.approx(1.4 / (4 / 3) - 1)  # +5 %
+    assert bcp["overhead_2b"] == pytest.approx((1.4 / 400) / (1.6 / 600) - 1)  # +31 %
+    assert bcp["verdict_reference"] == "nnUNetTrainer" and bcp["verdict"] == "ok"
+    assert "| +31 % | B |" in step_benchmark.table([bcp])
+    two_b = rows(16)["BCP"]
+    assert two_b["verdict_reference"] == step_benchmark.CONTROL and two_b["verdict"] == "miss"
+    assert "| +31 % | 2B |" in step_benchmark.table([two_b]) and "miss: overhead vs 2B |" in step_benchmark.table([two_b])
+    assert rows(None)["BCP"]["verdict_reference"] == step_benchmark.CONTROL, "results without the count: the control"
 
 
 def test_step_rounds_alternate_their_order():
