@@ -359,6 +359,30 @@ def test_largest_components_keeps_one_fully_connected_component_per_label_and_re
                                                                                                       dtype=torch.long))
 
 
+@pytest.mark.parametrize("spatial", [(12, 10), (6, 7, 5)])
+def test_largest_components_of_a_batch_match_acvl_utils_per_image(spatial):
+    """The batched version against nnU-Net's post-processing helper, one image and label (region) at a time."""
+    from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (4, 1, *spatial), generator=generator) * (torch.rand(4, 1, *spatial,
+                                                                                  generator=generator) < 0.4)
+    labels[3] = 0  # an empty image
+    labels[2, 0] = 0
+    labels[2, 0][(0,) * len(spatial)] = labels[2, 0][(-1,) * len(spatial)] = 1  # two single voxels, tied for the largest: both kept
+    expected = torch.zeros_like(labels)
+    for b in range(4):
+        for value in (1, 2):
+            mask = remove_all_but_largest_component((labels[b, 0] == value).numpy())
+            expected[b, 0][torch.from_numpy(mask)] = value
+    assert torch.equal(largest_components(labels), expected) and (expected[2] == 1).sum() == 2
+    assert (largest_components(labels) != labels).any(), "components were removed"
+    regions = torch.stack((labels[:, 0] > 0, labels[:, 0] == 2), 1)
+    expected_regions = torch.stack([torch.stack([torch.from_numpy(remove_all_but_largest_component(r.numpy()))
+                                                 for r in image]) for image in regions])
+    assert torch.equal(largest_components(regions), expected_regions)
+
+
 def test_masked_dice_only_loss_and_deep_supervision_wrapper_follow_nnunets_loss():
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunet_ssl.nnunet_internals import deep_supervision_like, masked_segmentation_loss

@@ -3,8 +3,8 @@ from typing import Tuple, Union
 
 import numpy as np
 import torch
-from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
 import torch.nn.functional as F
+from scipy import ndimage
 
 from nnunet_ssl.blocks.outputs import probabilities
 
@@ -45,20 +45,37 @@ def also_ignored(target: torch.Tensor, ignore: torch.Tensor, regions: bool, igno
 
 def largest_components(labels: torch.Tensor) -> torch.Tensor:
     """Per sample and per label value (or per region channel of a bool target), only the largest connected
-    component (full connectivity, as scikit-image's default); the other voxels of that label become background.
-    ``labels``: (B, 1, ...) label map, or (B, R, ...) bool regions. Runs on the CPU (acvl-utils, as nnU-Net's
-    post-processing)."""
+    component (full connectivity, as scikit-image's and nnU-Net's post-processing default; components tied for the
+    largest are all kept, as acvl-utils' ``remove_all_but_largest_component``); the other voxels of that label
+    become background. ``labels``: (B, 1, ...) label map, or (B, R, ...) bool regions. Runs on the CPU, one
+    ``scipy.ndimage.label`` call for the whole batch (components connect along the spatial axes only)."""
     array = labels.detach().cpu().numpy()
-    kept = np.zeros_like(array)
-    for b in range(array.shape[0]):
-        if array.dtype == bool:
-            for r in range(array.shape[1]):
-                kept[b, r] = remove_all_but_largest_component(array[b, r])
-        else:
-            for value in np.unique(array[b]):
-                if value != 0:
-                    kept[b][remove_all_but_largest_component(array[b] == value)] = value
+    regions = array.dtype == bool
+    values = None if regions else np.unique(array[array != 0])
+    masks = array if regions else array[:, 0][:, None] == values.reshape(1, -1, *([1] * (array.ndim - 2)))
+    kept = _largest_per_sample_and_channel(masks)
+    if not regions:
+        kept = (kept * values.reshape(1, -1, *([1] * (array.ndim - 2)))).sum(1, keepdims=True).astype(array.dtype)
     return torch.from_numpy(kept).to(labels.device)
+
+
+def _largest_per_sample_and_channel(masks: np.ndarray) -> np.ndarray:
+    """``masks`` (B, C, ...) bool -> the largest connected component of each (sample, channel)."""
+    if masks.size == 0 or not masks.any():
+        return np.zeros_like(masks, dtype=bool)
+    spatial = masks.ndim - 2
+    structure = np.zeros((3, 3) + (3,) * spatial, dtype=bool)
+    structure[1, 1] = True  # full connectivity within an image, none across samples or channels
+    components, count = ndimage.label(masks, structure)
+    sizes = np.bincount(components.ravel())
+    image_index = np.arange(masks.shape[0] * masks.shape[1]).reshape(masks.shape[:2] + (1,) * spatial)
+    owner = np.zeros(count + 1, dtype=np.int64)
+    owner[components.ravel()] = np.broadcast_to(image_index, masks.shape).ravel()
+    largest = np.zeros(masks.shape[0] * masks.shape[1], dtype=sizes.dtype)
+    np.maximum.at(largest, owner[1:], sizes[1:])
+    keep = sizes == largest[owner]
+    keep[0] = False
+    return keep[components]
 
 
 def voxel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, regions: bool) -> torch.Tensor:
