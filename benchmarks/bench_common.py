@@ -179,6 +179,14 @@ def write_splits(env: dict, workdir: str, num_labeled: int = None, fraction: flo
     open(marker, "w").close()
 
 
+def write_json(path: str, data: dict) -> None:
+    """Write ``data`` (already built) to ``path``. Results go through here so that their ``provenance()`` is taken
+    before the file is opened: opening a tracked result file for writing truncates it, and a provenance taken after
+    that records a clean checkout as dirty."""
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
 def provenance(seeds: dict = None) -> dict:
     """What made a result: the commit (and whether the tree had uncommitted changes), package versions, seeds, the
     command line and the machine."""

@@ -354,8 +354,9 @@ def main(argv=None) -> None:
     text = header + "\n\n" + table(rows, steps) + "\n"
     with open(os.path.join(check.out, "gpu_check.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(check.out, "gpu_check.json"), "w") as f:
-        json.dump({"provenance": bench_common.provenance(), "environment": env_info, "plans": plans, "trainers": rows, "steps": steps}, f, indent=1)
+    bench_common.write_json(os.path.join(check.out, "gpu_check.json"),
+                            {"provenance": bench_common.provenance(), "environment": env_info, "plans": plans,
+                             "trainers": rows, "steps": steps})
     print(text, flush=True)
     failed = [t for t, r in rows.items() if r.get("status") not in ("ok", "skipped: no CUDA")]
     if failed:

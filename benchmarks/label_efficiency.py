@@ -216,9 +216,8 @@ def run_one(env, budget: dict, tag: str, row: str, fold: int, out: str, test_ima
         start, provenance = time.time(), bc.provenance({"split": SPLIT_SEED})  # the code the run starts with
         bc.run([bc.bin_path("nnUNetv2_train"), str(dataset["id"]), configuration, str(fold), "-tr", variant,
                 "-device", budget["device"], *resume], env, log)
-        with open(os.path.join(out, "train_meta.json"), "w") as f:
-            json.dump({"seconds": time.time() - start, "resumed": bool(resume), "provenance": provenance}, f,
-                      indent=1)
+        bc.write_json(os.path.join(out, "train_meta.json"),
+                      {"seconds": time.time() - start, "resumed": bool(resume), "provenance": provenance})
     pred = os.path.join(out, "pred")
     n_test = len(glob.glob(os.path.join(test_images, "*.nii.gz")))
     if len(glob.glob(os.path.join(pred, "*.nii.gz"))) < n_test:
@@ -449,16 +448,15 @@ def main(argv=None) -> None:
     summary = summarise(records, dataset["labels"])
     text = table(summary, budget, dataset["labels"])
     print("\n" + text)
-    with open(os.path.join(results_dir, "results.json"), "w") as f:
-        json.dump({"provenance": bc.provenance({"split": SPLIT_SEED, "test_cases": bc.TEST_SEED}), "budget": budget,
-                   "records": records, "summary": summary, "curves": curves}, f, indent=1)
+    bc.write_json(os.path.join(results_dir, "results.json"),
+                  {"provenance": bc.provenance({"split": SPLIT_SEED, "test_cases": bc.TEST_SEED}), "budget": budget,
+                   "records": records, "summary": summary, "curves": curves})
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write(text + "\n")
     smoke = args.budget.endswith("smoke")
     published = os.path.join(results_dir if smoke else os.path.join(bc.REPO, "benchmarks"),
                              f"label_efficiency_{tag}")
-    with open(published + ".json", "w") as f:
-        json.dump(published_results(args.budget, budget, records), f, indent=1)
+    bc.write_json(published + ".json", published_results(args.budget, budget, records))
     print(f"wrote {published}.json")
     plot(curves, summary, records, budget, args.plot or published + ".png")
     print(f"total {(time.time() - start) / 60:.1f} min")

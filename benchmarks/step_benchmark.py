@@ -434,9 +434,8 @@ def main(argv=None) -> None:
           + ", ".join(f"{name}={value}" for name, value in environment.items()))
     print(table(rows))
     output = args.output or os.path.join(args.workdir, "step_benchmark.json")
-    with open(output, "w") as f:
-        json.dump({"provenance": dict(bc.provenance(), environment=environment), "rows": rows,
-                   "measurements": results}, f, indent=1)
+    bc.write_json(output, {"provenance": dict(bc.provenance(), environment=environment), "rows": rows,
+                           "measurements": results})
     print(f"wrote {output}")
 
 

@@ -1,5 +1,6 @@
 """The benchmarks' pure helpers: the held-out test set, the ratios of the step benchmark, the aggregation of the
 label-efficiency runs. (The benchmarks themselves are timed runs and are not executed here.)"""
+import json
 import os
 import sys
 
@@ -163,6 +164,25 @@ def test_label_efficiency_publishes_dice_per_row_and_fold_with_provenance():
     assert provenance["versions"]["nnunetv2"] and provenance["seeds"]["split"] == 12345
     assert provenance["runs"] == {"nnUNetTrainer/fold_0": "abc", "nnUNetTrainer/fold_1": "abc",
                                   "nnUNetTrainerX/fold_0": "abc"}
+
+
+def test_result_written_over_a_tracked_file_of_a_clean_checkout_records_it_clean(tmp_path, monkeypatch):
+    """A published result overwrites its tracked file; its provenance must be that of the checkout before the
+    write (opening the file first truncates it, and the checkout would then read as dirty)."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    result = tmp_path / "result.json"
+    result.write_text("{}")
+    git("add", "result.json")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "result")
+    monkeypatch.setattr(bench_common, "REPO", str(tmp_path))
+    bench_common.write_json(str(result), {"provenance": bench_common.provenance()})
+    assert json.loads(result.read_text())["provenance"]["dirty"] is False
+    assert bench_common.provenance()["dirty"] is True  # the file did change: provenance sees tracked edits
 
 
 def test_label_efficiency_rows_map_to_trainer_variants():
