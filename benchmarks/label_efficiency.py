@@ -338,19 +338,28 @@ def table(rows: list, budget: dict, labels: dict) -> str:
 
 def published_results(budget_name: str, budget: dict, records: list) -> dict:
     """The committed summary: per row and fold the foreground-mean test Dice (mean over repeats), the same for
-    the validation Dice, and the provenance of the aggregation and of every run."""
-    def per_row(key):
+    the validation Dice, each run's test and validation Dice where a row and fold has several (``repeats``), and
+    the provenance of the aggregation and of every run (``<row>/fold_<f>``, ``.../rep_<r>`` for repeat r > 0)."""
+    def per_run(key):
         table = {}
         for r in records:
             if r.get(key) is not None:
                 table.setdefault(r["trainer"], {}).setdefault(str(r["fold"]), []).append(r[key])
-        return {row: {fold: sum(v) / len(v) for fold, v in folds.items()} for row, folds in table.items()}
+        return table
 
-    return {"budget": budget_name, "folds": budget["folds"], "dice": per_row("dice"), "val_dice": per_row("val_dice"),
+    def mean(key):
+        return {row: {fold: sum(v) / len(v) for fold, v in folds.items()} for row, folds in per_run(key).items()}
+
+    repeated = {row: {fold: {"dice": runs, "val_dice": per_run("val_dice").get(row, {}).get(fold)}
+                      for fold, runs in folds.items() if len(runs) > 1}
+                for row, folds in per_run("dice").items()}
+    return {"budget": budget_name, "folds": budget["folds"], "dice": mean("dice"), "val_dice": mean("val_dice"),
+            "repeats": {row: folds for row, folds in repeated.items() if folds},
             "settings": {k: budget[k] for k in ("dataset", "configuration", "split", "epochs", "iterations",
                                                 "batch_size", "device", "tta", "labeled", "n_test", "repeats")},
             "provenance": dict(bc.provenance({"split": SPLIT_SEED, "test_cases": bc.TEST_SEED}),
-                               runs={f"{r['trainer']}/fold_{r['fold']}": r["commit"] for r in records})}
+                               runs={f"{r['trainer']}/fold_{r['fold']}" + (f"/rep_{r['repeat']}" if r.get("repeat")
+                                                                           else ""): r["commit"] for r in records})}
 
 
 def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> None:

@@ -154,16 +154,19 @@ def test_label_efficiency_gap_closed_is_the_mean_gain_over_the_mean_ceiling_lead
 
 def test_label_efficiency_publishes_dice_per_row_and_fold_with_provenance():
     budget = dict(label_efficiency.BUDGETS["hippo2d-l2"], labeled="2 labeled", n_test=52, repeats=1)
-    records = [_rec("nnUNetTrainer", 0, 0.6, 0.5), _rec("nnUNetTrainer", 1, 0.8, 0.7), _rec("nnUNetTrainerX", 0, 0.7)]
+    second_seed = dict(_rec("nnUNetTrainer", 0, 0.7, 0.6), repeat=1, commit="def")
+    records = [_rec("nnUNetTrainer", 0, 0.6, 0.5), _rec("nnUNetTrainer", 1, 0.8, 0.7), _rec("nnUNetTrainerX", 0, 0.7),
+               second_seed]
     published = label_efficiency.published_results("hippo2d-l2", budget, records)
     assert published["budget"] == "hippo2d-l2" and published["folds"] == [0, 1, 2]
-    assert published["dice"] == {"nnUNetTrainer": {"0": 0.6, "1": 0.8}, "nnUNetTrainerX": {"0": 0.7}}
-    assert published["val_dice"] == {"nnUNetTrainer": {"0": 0.5, "1": 0.7}}
+    assert published["dice"] == {"nnUNetTrainer": {"0": pytest.approx(0.65), "1": 0.8}, "nnUNetTrainerX": {"0": 0.7}}
+    assert published["val_dice"] == {"nnUNetTrainer": {"0": pytest.approx(0.55), "1": 0.7}}
+    assert published["repeats"] == {"nnUNetTrainer": {"0": {"dice": [0.6, 0.7], "val_dice": [0.5, 0.6]}}}
     provenance = published["provenance"]
     assert len(provenance["commit"]) == 40 and isinstance(provenance["dirty"], bool)
     assert provenance["versions"]["nnunetv2"] and provenance["seeds"]["split"] == 12345
     assert provenance["runs"] == {"nnUNetTrainer/fold_0": "abc", "nnUNetTrainer/fold_1": "abc",
-                                  "nnUNetTrainerX/fold_0": "abc"}
+                                  "nnUNetTrainerX/fold_0": "abc", "nnUNetTrainer/fold_0/rep_1": "def"}
 
 
 def test_result_written_over_a_tracked_file_of_a_clean_checkout_records_it_clean(tmp_path, monkeypatch):
