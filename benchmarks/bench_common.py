@@ -188,8 +188,9 @@ def write_json(path: str, data: dict) -> None:
 
 
 def provenance(seeds: dict = None) -> dict:
-    """What made a result: the commit (and whether the tree had uncommitted changes), package versions, seeds, the
-    command line and the machine."""
+    """What made a result: the commit (whether the tree had uncommitted changes to tracked files, and which:
+    a benchmark checkout whose only changes are its own result files still ran the commit's code), package
+    versions, seeds, the command line and the machine."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -209,6 +210,7 @@ def provenance(seeds: dict = None) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None,
+            "changed": [line.split(maxsplit=1)[1] for line in status.splitlines()] if status else [],
             "versions": {name: package_version(name) for name in
                          ("nnunet-ssl", "nnunetv2", "torch", "dynamic-network-architectures", "batchgeneratorsv2")},
             "python": platform.python_version(), "seeds": seeds or {}, "command": " ".join(sys.argv),

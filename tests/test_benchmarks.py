@@ -185,7 +185,9 @@ def test_result_written_over_a_tracked_file_of_a_clean_checkout_records_it_clean
     monkeypatch.setattr(bench_common, "REPO", str(tmp_path))
     bench_common.write_json(str(result), {"provenance": bench_common.provenance()})
     assert json.loads(result.read_text())["provenance"]["dirty"] is False
-    assert bench_common.provenance()["dirty"] is True  # the file did change: provenance sees tracked edits
+    assert json.loads(result.read_text())["provenance"]["changed"] == []
+    after = bench_common.provenance()
+    assert after["dirty"] is True and after["changed"] == ["result.json"], "the file did change: tracked edits seen"
 
 
 def test_label_efficiency_rows_map_to_trainer_variants():
