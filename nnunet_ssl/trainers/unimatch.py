@@ -39,7 +39,7 @@ none reaching nnUNetTrainer: ramp-up over the whole training 0.78; nnU-Net's Dic
 and noise only 0.85 (the synthetic classes differ by intensity alone, yet removing the intensity perturbations
 does not close the gap). The strong-view consistency is what costs; why, on this data, is open. On real data
 it gains: in the label-efficiency protocol (Hippocampus 2d, 2 labeled cases, 3,000 iterations, fold 0) it reached
-0.727 test Dice against nnUNetTrainer's 0.670 (benchmarks/RESULTS.md).
+0.727 test Dice against 0.678 for nnUNetTrainer (mean of two seeds; benchmarks/RESULTS.md).
 * one encoder pass over labeled, both strong and weak patches, one decoder pass over them and one over the
   perturbed weak features (``B_l + 3 B_u`` encoder and ``B_l + 4 B_u`` decoder samples; the released code runs
   the strong views in a second forward pass).
