@@ -32,7 +32,10 @@ forwards, the same for every trainer). All commands run with ``OMP_WAIT_POLICY=P
 
 Output: a table (mean ± std over folds, the paired per-fold difference to nnUNetTrainer, the share of the gap to
 the ceiling each row closes), a plot, and ``benchmarks/label_efficiency_<budget>.json`` (per row and fold the
-foreground-mean test and validation Dice, with provenance: commit, versions, seeds, command, machine).
+foreground-mean test and validation Dice, with provenance: commit, versions, seeds, command, machine). Only a
+report of the default rows updates those published files (``.json``, ``.png``); with ``--trainers`` (a subset, the
+search candidates) they go to the workdir's ``label_efficiency/<budget>/`` beside ``table.md``, so that a partial
+report never replaces the published one.
 
 ``--repeats N`` trains every (row, fold) N times (repetition r > 0 keeps its models in ``nnUNet_results_rep<r>``).
 Resumable: a run whose checkpoint_final exists is not trained again (an interrupted one continues with ``--c``),
@@ -362,6 +365,14 @@ def published_results(budget_name: str, budget: dict, records: list) -> dict:
                                                                            else ""): r["commit"] for r in records})}
 
 
+def published_prefix(budget_name: str, trainers, results_dir: str) -> str:
+    """Where the JSON and plot go: the tracked ``benchmarks/label_efficiency_<tag>`` for a report of the default rows
+    (``trainers`` None), the run's results folder for a subset or a smoke budget."""
+    publish = not trainers and not budget_name.endswith("smoke")
+    return os.path.join(os.path.join(bc.REPO, "benchmarks") if publish else results_dir,
+                        f"label_efficiency_{budget_tag(budget_name)}")
+
+
 def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> None:
     """Left: nnU-Net's validation pseudo-Dice versus iterations per row (mean over runs); right: test Dice,
     mean and std over runs with every run as a dot."""
@@ -415,8 +426,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per trainer and fold (default 1)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: summarise the finished runs (resume the others later)")
-    parser.add_argument("--plot", help="PNG path (default benchmarks/label_efficiency_<budget>.png; smoke budgets: "
-                                       "in the workdir)")
+    parser.add_argument("--plot", help="PNG path (default benchmarks/label_efficiency_<budget>.png; in the workdir "
+                                       "with --trainers and for smoke budgets)")
     args = parser.parse_args(argv)
 
     budget = dict(BUDGETS[args.budget], repeats=args.repeats)
@@ -462,9 +473,7 @@ def main(argv=None) -> None:
                    "records": records, "summary": summary, "curves": curves})
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write(text + "\n")
-    smoke = args.budget.endswith("smoke")
-    published = os.path.join(results_dir if smoke else os.path.join(bc.REPO, "benchmarks"),
-                             f"label_efficiency_{tag}")
+    published = published_prefix(args.budget, args.trainers, results_dir)
     bc.write_json(published + ".json", published_results(args.budget, budget, records))
     print(f"wrote {published}.json")
     plot(curves, summary, records, budget, args.plot or published + ".png")

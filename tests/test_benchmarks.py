@@ -169,6 +169,14 @@ def test_label_efficiency_publishes_dice_per_row_and_fold_with_provenance():
                                   "nnUNetTrainerX/fold_0": "abc", "nnUNetTrainer/fold_0/rep_1": "def"}
 
 
+def test_only_a_report_of_the_default_rows_replaces_the_published_files(tmp_path):
+    published = os.path.join(bench_common.REPO, "benchmarks", "label_efficiency_hippo2dl2")
+    assert label_efficiency.published_prefix("hippo2d-l2", None, str(tmp_path)) == published
+    subset = label_efficiency.published_prefix("hippo2d-l2", ["nnUNetTrainerCPS_cps1"], str(tmp_path))
+    assert subset == str(tmp_path / "label_efficiency_hippo2dl2"), "a partial report stays in the workdir"
+    assert label_efficiency.published_prefix("smoke", None, str(tmp_path)).startswith(str(tmp_path))
+
+
 def test_result_written_over_a_tracked_file_of_a_clean_checkout_records_it_clean(tmp_path, monkeypatch):
     """A published result overwrites its tracked file; its provenance must be that of the checkout before the
     write (opening the file first truncates it, and the checkout would then read as dirty)."""
