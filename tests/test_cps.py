@@ -7,8 +7,11 @@ from torch import nn
 from e2e import train_resume_predict
 from helpers import step_inputs, tiny_unet, trainer_stub
 from nnunet_ssl.blocks.pseudo_labels import hard_pseudo_labels
+from nnunet_ssl.blocks.mixing import CutMix
+from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.cps import cross_pseudo_supervision, nnUNetTrainerCPS, nnUNetTrainerCPS_paper
+from nnunet_ssl.trainers.settings import check_settings
 
 
 def log1p_exp(x):
@@ -83,6 +86,57 @@ def test_step_loss_is_both_supervised_terms_plus_weighted_cross_pseudo_supervisi
         assert terms[name].item() == pytest.approx(value.item(), rel=1e-5), name
     assert total.item() == pytest.approx((sup1 + sup2 + weight * (cps1 + cps2)).item(), rel=1e-5)
     assert terms["sup1"].item() != pytest.approx(terms["sup2"].item()), "the networks are initialised differently"
+
+
+class FixedBoxes(CutMix):
+    """The CutMix setting with boxes chosen by the test: the left half of every patch (or none)."""
+    def __init__(self, empty=False):
+        super().__init__(probability=1.0, volume=(0.25, 0.5))
+        object.__setattr__(self, "empty", empty)
+
+    def boxes(self, n, spatial_shape, device):
+        boxes = torch.zeros((n, 1, *spatial_shape), dtype=torch.bool, device=device)
+        if not self.empty:
+            boxes[:, :, :, : spatial_shape[1] // 2] = True
+        return boxes
+
+
+def test_cps_cutmix_pseudo_labels_are_both_networks_predictions_on_the_unmixed_patches_mixed_alike():
+    """An independent rewrite of TorchSemiSeg's CPS+CutMix step: teacher logits on the two source batches, mixed
+    with the mask; argmax; each student's CE on the mixed images against the other's label."""
+    trainer = cps_trainer(cutmix=FixedBoxes())
+    data, target, unlabeled = step_inputs()
+    total, terms = trainer.compute_loss(data, target, unlabeled, {}, PassContext())
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[..., :4] = 1  # inside the box: the partner, the previous patch of the batch
+    unsup_imgs_0, unsup_imgs_1 = unlabeled, unlabeled.roll(1, 0)
+    with torch.no_grad():
+        net1, net2 = trainer.network.net1, trainer.network.net2
+        ps_label_1 = (net1(unsup_imgs_0)[0] * (1 - mask) + net1(unsup_imgs_1)[0] * mask).argmax(1)
+        ps_label_2 = (net2(unsup_imgs_0)[0] * (1 - mask) + net2(unsup_imgs_1)[0] * mask).argmax(1)
+        mixed = unsup_imgs_0 * (1 - mask) + unsup_imgs_1 * mask
+        out1, out2 = net1(torch.cat((data, mixed))), net2(torch.cat((data, mixed)))
+        cps1 = nn.functional.cross_entropy(out1[0][2:], ps_label_2)
+        cps2 = nn.functional.cross_entropy(out2[0][2:], ps_label_1)
+        sup1 = trainer.loss([o[:2] for o in out1], target)
+    assert terms["cps1"].item() == pytest.approx(cps1.item(), rel=1e-5)
+    assert terms["cps2"].item() == pytest.approx(cps2.item(), rel=1e-5)
+    assert terms["sup1"].item() == pytest.approx(sup1.item(), rel=1e-5), "the labeled patches are not mixed"
+    expected = terms["sup1"] + terms["sup2"] + terms["cps_weight"] * (cps1 + cps2)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cps_cutmix_with_empty_boxes_is_cps_on_the_unlabeled_patches():
+    data, target, unlabeled = step_inputs()
+    _, mixed = cps_trainer(cutmix=FixedBoxes(empty=True)).compute_loss(data, target, unlabeled, {}, PassContext())
+    _, plain = cps_trainer(cps_on_labeled=False).compute_loss(data, target, unlabeled, {}, PassContext())
+    for name in ("sup1", "sup2", "cps1", "cps2"):
+        assert mixed[name].item() == pytest.approx(plain[name].item(), rel=1e-5), name
+
+
+def test_cps_cutmix_setting_is_checked():
+    with pytest.raises(SSLConfigError, match="cutmix"):
+        check_settings(type("Bad", (nnUNetTrainerCPS,), {"cutmix": (0.5, 0.2)}), nnUNetTrainerCPS.settings_checks, {})
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -25,23 +25,36 @@ Our choices and deviations:
 * ``sup`` is nnU-Net's Dice+CE with deep supervision, per network (the paper: CE; SSL4MIS: (Dice + CE) / 2).
 * The pseudo supervision is at full resolution only, its CE averaged over the voxels of all patches it covers.
   Region datasets (sigmoid outputs) use the other network's ``p > 0.5`` per region channel and the binary CE.
+* CPS + CutMix, the paper's stronger setting (TorchSemiSeg ``CPS+CutMix``; off by default, ``cutmix = None``):
+  each unlabeled patch is mixed with its batch neighbour inside a CutMix box (the code: a second unlabeled batch;
+  three boxes of random aspect ratio covering 25-50 % of the image, always applied); the pseudo-labels are each
+  network's predictions on the unmixed patches (a forward without gradient), mixed with the same boxes, and the
+  pseudo supervision covers the mixed unlabeled patches only (``cps_on_labeled`` does not apply). We use one box
+  with equal relative sides (:class:`~nnunet_ssl.blocks.mixing.CutMix`, as UniMatch), for 2d and 3d alike.
 * Inference: network 1, as SSL4MIS evaluates ``model1`` (``inference = 'first'``); ``'second'`` predicts with
   network 2 and ``'mean'`` with the mean of both networks' logits (the paper reports either network).
 * Logged: ``sup1``, ``sup2``, ``cps1`` (network 1's CE against network 2's pseudo-label), ``cps2``, ``cps_weight``.
 """
+from typing import Optional, Tuple
+
 import torch
 
+from nnunet_ssl.blocks.mixing import CutMix, with_partner
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution, probabilities
 from nnunet_ssl.blocks.pseudo_labels import pseudo_label_ce
 from nnunet_ssl.networks.containers import TwoNetworks
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-from nnunet_ssl.trainers.settings import BOOLEAN, at_least
+from nnunet_ssl.trainers.settings import BOOLEAN, at_least, cutmix_setting, optional
 
 
-def cross_pseudo_supervision(logits1: torch.Tensor, logits2: torch.Tensor, regions: bool):
-    """``(CE(z1, argmax z2), CE(z2, argmax z1))``: each network's loss against the other's hard pseudo-label, averaged
-    over the voxels; no gradient reaches the pseudo-labels."""
-    p1, p2 = (probabilities(logits.detach(), regions) for logits in (logits1, logits2))
+def cross_pseudo_supervision(logits1: torch.Tensor, logits2: torch.Tensor, regions: bool,
+                             targets: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """``(CE(z1, argmax t2), CE(z2, argmax t1))``: each network's loss against the other's hard pseudo-label,
+    averaged over the voxels; the pseudo-labels come from ``targets`` (t1, t2), the networks' logits on the same
+    content (CPS + CutMix: on the unmixed patches, mixed afterwards), by default from (z1, z2) themselves. No
+    gradient reaches the pseudo-labels."""
+    t1, t2 = targets if targets is not None else (logits1, logits2)
+    p1, p2 = (probabilities(logits.detach(), regions) for logits in (t1, t2))
     return pseudo_label_ce(logits1, p2, 1.0, regions), pseudo_label_ce(logits2, p1, 1.0, regions)
 
 
@@ -50,21 +63,32 @@ class nnUNetTrainerCPS(nnUNetTrainerSSLBase):
     cps_weight = 0.1
     #: pseudo-supervise the labeled patches too (the paper), or only the unlabeled ones (SSL4MIS)
     cps_on_labeled = True
+    #: CPS + CutMix: None, or the CutMix of each unlabeled patch with its batch neighbour (the released setting:
+    #: ``CutMix(probability=1.0, volume=(0.25, 0.5))``)
+    cutmix: Optional[CutMix] = None
 
-    settings_checks = {"cps_weight": at_least(0), "cps_on_labeled": BOOLEAN}
+    settings_checks = {"cps_weight": at_least(0), "cps_on_labeled": BOOLEAN, "cutmix": optional(cutmix_setting())}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
         return TwoNetworks(new_unet(), new_unet(), inference=cls.inference, pretrained=cls.pretrained_networks)
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
+        targets = None
+        if self.cutmix is not None:
+            boxes = self.cutmix.boxes(data_unlabeled.shape[0], data_unlabeled.shape[2:], data_unlabeled.device)
+            with torch.no_grad():
+                targets = tuple(with_partner(full_resolution(out), boxes) for out in self.network(data_unlabeled))
+            data_unlabeled = with_partner(data_unlabeled, boxes)
         out1, out2 = self.network(torch.cat((data, data_unlabeled)))
         labeled = slice(None, data.shape[0])
         sup1 = self.loss(batch_part(out1, labeled), target)
         sup2 = self.loss(batch_part(out2, labeled), target)
-        pseudo_supervised = slice(None) if self.cps_on_labeled else slice(data.shape[0], None)
+        on_labeled = self.cps_on_labeled and targets is None
+        pseudo_supervised = slice(None) if on_labeled else slice(data.shape[0], None)
         cps1, cps2 = cross_pseudo_supervision(full_resolution(out1)[pseudo_supervised],
-                                              full_resolution(out2)[pseudo_supervised], self.label_manager.has_regions)
+                                              full_resolution(out2)[pseudo_supervised], self.label_manager.has_regions,
+                                              targets)
         weight = self.cps_weight * self.rampup()
         total = sup1 + sup2 + weight * (cps1 + cps2)
         return total, {"sup1": sup1.detach(), "sup2": sup2.detach(), "cps1": cps1.detach(), "cps2": cps2.detach(),
