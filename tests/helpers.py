@@ -11,6 +11,8 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+from nnunet_ssl.blocks.mixing import CutMix
+
 LN2, LN3 = math.log(2), math.log(3)
 UNET_CLASSES = {"plain": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
                 "residual": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"}
@@ -116,3 +118,17 @@ def step_inputs(dim: int = 2, classes: int = 3, labeled: int = 2, unlabeled: int
     half = seg[(slice(None), slice(None)) + (slice(None, None, 2),) * dim]
     return (torch.randn((labeled, 1, *spatial), generator=generator), [seg, half],
             torch.randn((unlabeled, 1, *spatial), generator=generator))
+
+
+class FixedBoxes(CutMix):
+    """A CutMix setting whose boxes the test knows: the first half of every patch along its second spatial axis (or
+    none)."""
+    def __init__(self, empty=False):
+        super().__init__(probability=1.0, volume=(0.25, 0.5))
+        object.__setattr__(self, "empty", empty)
+
+    def boxes(self, n, spatial_shape, device):
+        boxes = torch.zeros((n, 1, *spatial_shape), dtype=torch.bool, device=device)
+        if not self.empty:
+            boxes[:, :, :, : spatial_shape[1] // 2] = True
+        return boxes

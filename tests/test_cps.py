@@ -5,9 +5,8 @@ import torch
 from torch import nn
 
 from e2e import train_resume_predict
-from helpers import step_inputs, tiny_unet, trainer_stub
+from helpers import FixedBoxes, step_inputs, tiny_unet, trainer_stub
 from nnunet_ssl.blocks.pseudo_labels import hard_pseudo_labels
-from nnunet_ssl.blocks.mixing import CutMix
 from nnunet_ssl.errors import SSLConfigError
 from nnunet_ssl.trainers.base import PassContext
 from nnunet_ssl.trainers.cps import cross_pseudo_supervision, nnUNetTrainerCPS, nnUNetTrainerCPS_paper
@@ -86,19 +85,6 @@ def test_step_loss_is_both_supervised_terms_plus_weighted_cross_pseudo_supervisi
         assert terms[name].item() == pytest.approx(value.item(), rel=1e-5), name
     assert total.item() == pytest.approx((sup1 + sup2 + weight * (cps1 + cps2)).item(), rel=1e-5)
     assert terms["sup1"].item() != pytest.approx(terms["sup2"].item()), "the networks are initialised differently"
-
-
-class FixedBoxes(CutMix):
-    """The CutMix setting with boxes chosen by the test: the left half of every patch (or none)."""
-    def __init__(self, empty=False):
-        super().__init__(probability=1.0, volume=(0.25, 0.5))
-        object.__setattr__(self, "empty", empty)
-
-    def boxes(self, n, spatial_shape, device):
-        boxes = torch.zeros((n, 1, *spatial_shape), dtype=torch.bool, device=device)
-        if not self.empty:
-            boxes[:, :, :, : spatial_shape[1] // 2] = True
-        return boxes
 
 
 def test_cps_cutmix_pseudo_labels_are_both_networks_predictions_on_the_unmixed_patches_mixed_alike():

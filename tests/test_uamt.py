@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from e2e import train_resume_predict
-from helpers import step_inputs, tiny_unet, trainer_stub
+from helpers import FixedBoxes, step_inputs, tiny_unet, trainer_stub
 from nnunet_ssl.blocks.consistency import masked_probability_mse
 from nnunet_ssl.blocks.uncertainty import certainty_mask
 from nnunet_ssl.trainers.base import PassContext
@@ -82,6 +82,23 @@ def test_step_loss_is_supervision_plus_ramped_masked_consistency(architecture, d
     assert terms["cons"].item() == pytest.approx(cons.item(), rel=1e-5) and cons > 0
     assert terms["certain"].item() == pytest.approx(mask.mean().item())
     assert total.item() == pytest.approx((sup + weight * cons).item(), rel=1e-5)
+
+
+def test_cutmix_mixes_the_student_input_and_the_teachers_target_and_certainty_alike():
+    trainer = uamt_trainer(cutmix=FixedBoxes(), teacher_noise_std=0.0)  # noise-free: every pass is the same
+    data, target, unlabeled = step_inputs()
+    total, terms = trainer.compute_loss(data, target, unlabeled, {}, PassContext())
+    mask = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    mask[:, :, :, :4] = True
+    mix = lambda x: torch.where(mask, x.roll(1, 0), x)  # noqa: E731 (the box from the previous patch)
+    with torch.no_grad():
+        teacher = mix(torch.softmax(trainer.network.teacher(unlabeled)[0], 1))
+        student = trainer.network.student(torch.cat((data, mix(unlabeled))))
+        certain = certainty_mask(teacher, 0.75 + 0.25 * HALFWAY_RAMP, False)
+        cons = masked_probability_mse(student[0][2:], teacher, certain, False)
+    assert terms["cons"].item() == pytest.approx(cons.item(), rel=1e-5) and cons > 0
+    assert terms["certain"].item() == pytest.approx(certain.mean().item())
+    assert total.item() == pytest.approx((terms["sup"] + 0.1 * HALFWAY_RAMP * cons).item(), rel=1e-5)
 
 
 def test_student_learns_teacher_gets_no_gradient_and_follows_by_ema():

@@ -9,15 +9,24 @@ average of the student. Choices follow SSL4MIS ``train_mean_teacher_*.py``: EMA 
 (``inference = 'first'``; ``'second'`` the teacher, ``'mean'`` the mean of both logits).
 ``-pretrained_weights`` initialises the student and the teacher alike: the teacher, an average of the student,
 starts equal to it.
+
+Mean Teacher + CutMix (French, Laine, Aila, Mackiewicz, Finlayson, "Semi-supervised semantic segmentation needs
+strong, varied perturbations", BMVC 2020; off by default, ``cutmix = None``): the student sees each unlabeled
+patch mixed with its batch neighbour inside a CutMix box, the teacher the unmixed patches, and its prediction is
+mixed with the same boxes into the consistency target. UA-MT inherits the option (its certainty mask is mixed
+alike).
 """
+from typing import Callable, Optional, Tuple
+
 import torch
 
 from nnunet_ssl.blocks import ema
 from nnunet_ssl.blocks.consistency import full_resolution_mse
-from nnunet_ssl.blocks.outputs import batch_part
+from nnunet_ssl.blocks.mixing import CutMix, with_partner
+from nnunet_ssl.blocks.outputs import batch_part, full_resolution
 from nnunet_ssl.networks.containers import StudentTeacher
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
-from nnunet_ssl.trainers.settings import at_least, fraction
+from nnunet_ssl.trainers.settings import at_least, cutmix_setting, fraction, optional
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
@@ -25,9 +34,11 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
     consistency_weight = 0.1
     teacher_noise_std = 0.1
     teacher_noise_clip = 0.2
+    #: None, or the CutMix of the student's unlabeled patches with their batch neighbours (Mean Teacher + CutMix)
+    cutmix: Optional[CutMix] = None
 
     settings_checks = {"ema_decay": fraction(), "consistency_weight": at_least(0), "teacher_noise_std": at_least(0),
-                       "teacher_noise_clip": at_least(0)}
+                       "teacher_noise_clip": at_least(0), "cutmix": optional(cutmix_setting())}
 
     @classmethod
     def build_ssl_network(cls, new_unet):
@@ -38,11 +49,23 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
         return x + torch.clamp(torch.randn_like(x) * self.teacher_noise_std, -self.teacher_noise_clip,
                                self.teacher_noise_clip)
 
+    def student_view(self, data_unlabeled: torch.Tensor) -> Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The student's unlabeled patches, and the map that brings a teacher's voxel-wise output on the unmixed
+        patches onto them: the patches themselves and the identity, or their CutMix with the batch neighbours and
+        the same mixing (``cutmix``)."""
+        if self.cutmix is None:
+            return data_unlabeled, lambda teacher: teacher
+        boxes = self.cutmix.boxes(data_unlabeled.shape[0], data_unlabeled.shape[2:], data_unlabeled.device)
+        return with_partner(data_unlabeled, boxes), lambda teacher: with_partner(teacher, boxes)
+
     def compute_loss(self, data, target, data_unlabeled, batch, context):
-        student_out, teacher_out = self.network(torch.cat((data, data_unlabeled)), self.teacher_input(data_unlabeled))
+        student_unlabeled, onto_student = self.student_view(data_unlabeled)
+        student_out, teacher_out = self.network(torch.cat((data, student_unlabeled)),
+                                                self.teacher_input(data_unlabeled))
         n = data.shape[0]
         sup = self.loss(batch_part(student_out, slice(None, n)), target)
-        cons = full_resolution_mse(batch_part(student_out, slice(n, None)), teacher_out, self.label_manager.has_regions)
+        cons = full_resolution_mse(batch_part(student_out, slice(n, None)), onto_student(full_resolution(teacher_out)),
+                                   self.label_manager.has_regions)
         weight = self.consistency_weight * self.rampup()
         return sup + weight * cons, {"sup": sup.detach(), "cons": cons.detach(), "cons_weight": torch.tensor(weight)}
 

@@ -40,6 +40,8 @@ Our choices and deviations:
   deep supervision); consistency at full resolution only. nnU-Net's optimizer and schedule.
 * Inference: the student, as the code saves and tests ``model`` (``inference = 'first'``); ``'second'`` predicts
   with the teacher, ``'mean'`` with the mean of both logits.
+* ``cutmix`` (Mean Teacher's option, off by default) mixes the student's unlabeled patches with their batch
+  neighbours; the teacher's target and certainty mask, computed on the unmixed patches, are mixed alike.
 * Logged: ``sup``, ``cons``, ``cons_weight``, ``certain`` (the share of unlabeled voxels the mask keeps) and
   ``uncertainty`` (the mean normalised entropy).
 """
@@ -97,8 +99,9 @@ class nnUNetTrainerUAMT(nnUNetTrainerMeanTeacher):
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
         regions = self.label_manager.has_regions
-        teacher_target, teacher_mean = self.teacher_passes(data_unlabeled)
-        student_out, _ = self.network(torch.cat((data, data_unlabeled)))
+        student_unlabeled, onto_student = self.student_view(data_unlabeled)
+        teacher_target, teacher_mean = map(onto_student, self.teacher_passes(data_unlabeled))
+        student_out, _ = self.network(torch.cat((data, student_unlabeled)))
         n = data.shape[0]
         sup = self.loss(batch_part(student_out, slice(None, n)), target)
         mask = certainty_mask(teacher_mean, self.uncertainty_threshold(), regions)
