@@ -41,6 +41,10 @@ class CutMix:
     def boxes(self, n: int, spatial_shape: Sequence[int], device: torch.device) -> torch.Tensor:
         return cutmix_boxes(n, spatial_shape, self.probability, self.volume, device)
 
+    def boxes_for(self, batch: torch.Tensor) -> torch.Tensor:
+        """One box per patch of ``batch`` (N, C, *spatial)."""
+        return self.boxes(batch.shape[0], batch.shape[2:], batch.device)
+
 
 def paste(content: torch.Tensor, background: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """``content`` inside the boxes, ``background`` outside (images, labels and region targets alike)."""

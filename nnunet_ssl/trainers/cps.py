@@ -76,7 +76,7 @@ class nnUNetTrainerCPS(nnUNetTrainerSSLBase):
     def compute_loss(self, data, target, data_unlabeled, batch, context):
         targets = None
         if self.cutmix is not None:
-            boxes = self.cutmix.boxes(data_unlabeled.shape[0], data_unlabeled.shape[2:], data_unlabeled.device)
+            boxes = self.cutmix.boxes_for(data_unlabeled)
             with torch.no_grad():
                 targets = tuple(with_partner(full_resolution(out), boxes) for out in self.network(data_unlabeled))
             data_unlabeled = with_partner(data_unlabeled, boxes)

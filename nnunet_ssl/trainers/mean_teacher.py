@@ -55,7 +55,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
         the same mixing (``cutmix``)."""
         if self.cutmix is None:
             return data_unlabeled, lambda teacher: teacher
-        boxes = self.cutmix.boxes(data_unlabeled.shape[0], data_unlabeled.shape[2:], data_unlabeled.device)
+        boxes = self.cutmix.boxes_for(data_unlabeled)
         return with_partner(data_unlabeled, boxes), lambda teacher: with_partner(teacher, boxes)
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
