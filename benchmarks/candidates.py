@@ -43,7 +43,7 @@ class nnUNetTrainerUAMT_cons1(nnUNetTrainerUAMT):
 
 
 class nnUNetTrainerUAMT_cons10(nnUNetTrainerUAMT):
-    """100x our weight, on the same reading of that run."""
+    """100x our weight, on the same reading of that run. Not chosen: validation Dice 0.529 against 0.670."""
     consistency_weight = 10.0
 
 
@@ -69,7 +69,8 @@ class nnUNetTrainerMeanTeacher_cutmix(nnUNetTrainerMeanTeacher):
     """Mean Teacher + CutMix (French et al., BMVC 2020): the student's unlabeled patches CutMix-ed (25-50 % boxes,
     always), the teacher's prediction on the unmixed patches mixed alike. The teacher and student see the same
     patch up to small noise by default, and the consistency ended at 0.0006 on fold 0; a 100x weight did not help
-    (UA-MT `_cons10`: validation Dice 0.529), so the perturbation is what this candidate strengthens."""
+    (UA-MT `_cons10`: validation Dice 0.529), so the perturbation is what this candidate strengthens. Not chosen:
+    validation Dice 0.684 against Mean Teacher's 0.712."""
     cutmix = CutMix(probability=1.0, volume=(0.25, 0.5))
 
 
