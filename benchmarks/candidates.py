@@ -1,7 +1,7 @@
 """Candidate settings searched on validation cases (label-efficiency benchmark, ``--trainers NAME``): small
-subclasses of the package's trainers, one class attribute changed each. The setting that does best on the fold's
-validation cases becomes the package default (the paper's stays as ``<Trainer>_paper``). Results:
-benchmarks/RESULTS.md."""
+subclasses of the package's trainers, each with its settings pinned and what it changes in its docstring. The
+setting that does best on the fold's validation cases becomes the package default (the paper's stays as
+``<Trainer>_paper``). Results: benchmarks/RESULTS.md."""
 from nnunet_ssl.blocks.mixing import CutMix
 from nnunet_ssl.trainers import nnUNetTrainerCPS, nnUNetTrainerLeFeD, nnUNetTrainerMeanTeacher, nnUNetTrainerUAMT
 
@@ -55,14 +55,12 @@ class nnUNetTrainerCPS_cps1(nnUNetTrainerCPS):
     cutmix = None
 
 
-
 class nnUNetTrainerCPS_cutmix(nnUNetTrainerCPS_cps1):
     """CPS + CutMix, the paper's stronger setting (TorchSemiSeg's CutMix configs: weight 1, boxes of 25-50 % of the
     patch, always applied), on the best weight so far: `_cps1` reached validation Dice 0.702 on fold 0 against the
     default's 0.690, and its CE against the other network's pseudo-label ended at 0.018: the two networks agree on
     the unmixed patches, which CutMix perturbs. Chosen: CPS's default since (validation Dice 0.754)."""
     cutmix = CutMix(probability=1.0, volume=(0.25, 0.5))
-
 
 
 class nnUNetTrainerMeanTeacher_cutmix(nnUNetTrainerMeanTeacher):

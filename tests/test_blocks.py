@@ -427,3 +427,17 @@ def test_certainty_mask_and_masked_consistency_for_three_classes_and_regions():
     student = torch.tensor([[[0.0], [0.0]]])  # sigmoid 0.5 on both channels
     expected = ((0.5 - 0.5) ** 2 + (0.5 - 0.9) ** 2) / 2
     assert masked_probability_mse(student, regions, torch.ones(1, 1, 1), True).item() == pytest.approx(expected)
+
+
+def test_mixed_with_partners_mixes_the_batch_and_a_prediction_with_the_same_boxes():
+    from nnunet_ssl.blocks.mixing import CutMix, mixed_with_partners
+    batch = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 6, 6).clone()
+    same, identity = mixed_with_partners(None, batch)
+    assert same is batch and identity(batch) is batch
+    torch.manual_seed(0)
+    mixed, onto_mixed = mixed_with_partners(CutMix(probability=1.0, volume=(0.25, 0.5)), batch)
+    inside = mixed != batch
+    assert inside.any() and not inside.all(), "a box, not the whole patch"
+    torch.testing.assert_close(mixed[inside], batch.roll(1, 0)[inside])  # box content from the previous patch
+    prediction = batch.expand(3, 2, 6, 6) * 10
+    torch.testing.assert_close(onto_mixed(prediction), mixed.expand(3, 2, 6, 6) * 10)

@@ -1,6 +1,6 @@
 """Boxes for CutMix and copy-paste, and mixing images, labels and region targets with them."""
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -54,3 +54,14 @@ def paste(content: torch.Tensor, background: torch.Tensor, boxes: torch.Tensor) 
 def with_partner(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """CutMix within the batch: sample i takes the box content of sample i - 1."""
     return paste(x.roll(1, 0), x, boxes)
+
+
+def mixed_with_partners(cutmix: Optional[CutMix], batch: torch.Tensor
+                        ) -> Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """``batch`` CutMix-ed with its batch neighbours (:func:`with_partner`, fresh boxes), and the map that mixes a
+    voxel-wise prediction on the unmixed batch alike (a teacher's target for the mixed patches); without a CutMix
+    setting, ``batch`` itself and the identity."""
+    if cutmix is None:
+        return batch, lambda prediction: prediction
+    boxes = cutmix.boxes_for(batch)
+    return with_partner(batch, boxes), lambda prediction: with_partner(prediction, boxes)

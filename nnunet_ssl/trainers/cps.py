@@ -43,7 +43,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from nnunet_ssl.blocks.mixing import CutMix, with_partner
+from nnunet_ssl.blocks.mixing import CutMix, mixed_with_partners
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution, probabilities
 from nnunet_ssl.blocks.pseudo_labels import pseudo_label_ce
 from nnunet_ssl.networks.containers import TwoNetworks
@@ -79,16 +79,16 @@ class nnUNetTrainerCPS(nnUNetTrainerSSLBase):
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
         targets = None
-        if self.cutmix is not None:
-            boxes = self.cutmix.boxes_for(data_unlabeled)
+        if self.cutmix is not None:  # pseudo-labels from the unmixed patches, mixed like the networks' input
+            mixed, onto_mixed = mixed_with_partners(self.cutmix, data_unlabeled)
             with torch.no_grad():
-                targets = tuple(with_partner(full_resolution(out), boxes) for out in self.network(data_unlabeled))
-            data_unlabeled = with_partner(data_unlabeled, boxes)
+                targets = tuple(onto_mixed(full_resolution(out)) for out in self.network(data_unlabeled))
+            data_unlabeled = mixed
         out1, out2 = self.network(torch.cat((data, data_unlabeled)))
         labeled = slice(None, data.shape[0])
         sup1 = self.loss(batch_part(out1, labeled), target)
         sup2 = self.loss(batch_part(out2, labeled), target)
-        on_labeled = self.cps_on_labeled and targets is None
+        on_labeled = self.cps_on_labeled and self.cutmix is None
         pseudo_supervised = slice(None) if on_labeled else slice(data.shape[0], None)
         cps1, cps2 = cross_pseudo_supervision(full_resolution(out1)[pseudo_supervised],
                                               full_resolution(out2)[pseudo_supervised], self.label_manager.has_regions,

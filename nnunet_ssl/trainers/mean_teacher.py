@@ -16,13 +16,13 @@ patch mixed with its batch neighbour inside a CutMix box, the teacher the unmixe
 mixed with the same boxes into the consistency target. UA-MT inherits the option (its certainty mask is mixed
 alike).
 """
-from typing import Callable, Optional, Tuple
+from typing import Optional
 
 import torch
 
 from nnunet_ssl.blocks import ema
 from nnunet_ssl.blocks.consistency import full_resolution_mse
-from nnunet_ssl.blocks.mixing import CutMix, with_partner
+from nnunet_ssl.blocks.mixing import CutMix, mixed_with_partners
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution
 from nnunet_ssl.networks.containers import StudentTeacher
 from nnunet_ssl.trainers.base import nnUNetTrainerSSLBase
@@ -49,17 +49,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSLBase):
         return x + torch.clamp(torch.randn_like(x) * self.teacher_noise_std, -self.teacher_noise_clip,
                                self.teacher_noise_clip)
 
-    def student_view(self, data_unlabeled: torch.Tensor) -> Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """The student's unlabeled patches, and the map that brings a teacher's voxel-wise output on the unmixed
-        patches onto them: the patches themselves and the identity, or their CutMix with the batch neighbours and
-        the same mixing (``cutmix``)."""
-        if self.cutmix is None:
-            return data_unlabeled, lambda teacher: teacher
-        boxes = self.cutmix.boxes_for(data_unlabeled)
-        return with_partner(data_unlabeled, boxes), lambda teacher: with_partner(teacher, boxes)
-
     def compute_loss(self, data, target, data_unlabeled, batch, context):
-        student_unlabeled, onto_student = self.student_view(data_unlabeled)
+        student_unlabeled, onto_student = mixed_with_partners(self.cutmix, data_unlabeled)
         student_out, teacher_out = self.network(torch.cat((data, student_unlabeled)),
                                                 self.teacher_input(data_unlabeled))
         n = data.shape[0]

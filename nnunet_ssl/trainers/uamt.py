@@ -48,6 +48,7 @@ Our choices and deviations:
 import torch
 
 from nnunet_ssl.blocks.consistency import masked_probability_mse
+from nnunet_ssl.blocks.mixing import mixed_with_partners
 from nnunet_ssl.blocks.outputs import batch_part, full_resolution, probabilities
 from nnunet_ssl.blocks.uncertainty import certainty_mask, normalized_entropy
 from nnunet_ssl.networks.containers import StudentTeacher
@@ -99,7 +100,7 @@ class nnUNetTrainerUAMT(nnUNetTrainerMeanTeacher):
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
         regions = self.label_manager.has_regions
-        student_unlabeled, onto_student = self.student_view(data_unlabeled)
+        student_unlabeled, onto_student = mixed_with_partners(self.cutmix, data_unlabeled)
         teacher_target, teacher_mean = map(onto_student, self.teacher_passes(data_unlabeled))
         student_out, _ = self.network(torch.cat((data, student_unlabeled)))
         n = data.shape[0]
