@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -177,6 +178,32 @@ def test_train_step_runs_k_passes_each_stepping_with_the_previous_pass_feedback(
         expected = [1e-3 * (f2 - f1) for f1, f2 in zip(features1, features2)]
         assert len(feedback) == 3 and all(torch.allclose(e, f) for e, f in zip(expected, feedback))
     assert result["discrepancy"] > 0
+
+
+def test_one_step_per_batch_takes_the_gradient_of_the_passes_mean_loss_each_pass_fed_back_by_the_previous():
+    net = build("PlainConvUNet", 2).train()
+    reference = copy.deepcopy(net)
+    trainer, _ = fake_trainer(net)
+    trainer.optimizer_step_per_pass = False
+    stepped = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: stepped.append([p.grad.clone() for p in net.parameters()]))
+    labeled, unlabeled, target = image(2, seed=2)[:1], image(2, seed=3), labels()
+    trainer.train_step({"data": labeled, "target": target, "unlabeled": {"data": unlabeled}})
+
+    # the released pass written out: both decoders' nnU-Net loss on the labeled patch, weight 1 times the MSE of
+    # their softmax over the whole batch, the next pass fed 1e-3 x (decoder 2 - decoder 1) features, no step between
+    loss, feedback, total = nnunet_loss(), None, 0
+    for _ in range(3):
+        out1, out2, features1, features2 = reference(torch.cat((labeled, unlabeled)), feedback)
+        sup = loss([o[:1] for o in out1], target) + loss([o[:1] for o in out2], target)
+        total = total + sup + ((out1[0].softmax(1) - out2[0].softmax(1)) ** 2).mean()
+        feedback = [1e-3 * (f2 - f1).detach() for f1, f2 in zip(features1, features2)]
+    (total / 3).backward()
+    expected = [p.grad for p in reference.parameters()]
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in expected])) < 12, "no clipping in this check"
+    assert len(stepped) == 1 and trainer.step_in_epoch == 1
+    assert all(torch.allclose(g, e, atol=1e-6, rtol=1e-4) for g, e in zip(stepped[0], expected))
 
 
 def test_pass_total_is_both_supervised_terms_plus_weighted_consistency_and_carries_the_feedback():

@@ -7,8 +7,9 @@
   ``inference`` chooses what it predicts with ('first', 'second' or 'mean');
 * a train step with nnU-Net's AMP / gradient clipping / optimizer pattern around :meth:`compute_loss`, which a
   method implements, returning its total loss and its named terms (``passes_per_batch`` such passes per batch, a
-  :class:`PassContext` telling each pass which it is and carrying state to the next), and
-  :meth:`after_optimizer_step` after each optimizer step (an EMA update, say);
+  :class:`PassContext` telling each pass which it is and carrying state to the next; an optimizer step after each
+  pass, or one for the batch with ``optimizer_step_per_pass = False``), and :meth:`after_optimizer_step` after each
+  optimizer step (an EMA update, say);
 * every setting (class attribute) checked when the trainer is made, from the ``settings_checks`` tables of the
   class and its parents (:mod:`nnunet_ssl.trainers.settings`);
 * every term logged per epoch in nnU-Net's log and drawn in progress.png. One rule for names: a term without an
@@ -44,7 +45,7 @@ from nnunet_ssl.networks.containers import INFERENCE_CHOICES, PRETRAINED_NETWORK
 from nnunet_ssl.nnunet_internals import ClassAttributeSettings, make_augmenters, replace_local_logger
 from nnunet_ssl.splits import check_enough_cases_for_default_split, check_fold, read_splits
 from nnunet_ssl.trainers.logging import SSLLocalLogger
-from nnunet_ssl.trainers.settings import Allowed, at_least, check_settings, count, one_of, optional
+from nnunet_ssl.trainers.settings import BOOLEAN, Allowed, at_least, check_settings, count, one_of, optional
 
 pretrained.install()
 
@@ -76,6 +77,9 @@ class nnUNetTrainerSSLBase(ClassAttributeSettings, nnUNetTrainer):
     #: optimisation passes (forward, loss, backward, optimizer step) over each batch; the :class:`PassContext`
     #: tells :meth:`compute_loss` which one it is
     passes_per_batch: int = 1
+    #: True: every pass ends in its own optimizer step; False: the passes' gradients add up (each loss divided by
+    #: ``passes_per_batch``: the gradient of their mean) into one optimizer step per batch, nnU-Net's step count
+    optimizer_step_per_pass: bool = True
     #: epochs between checkpoint_latest saves (nnU-Net: 50). An SSL epoch costs 2-13x nnU-Net's, so 10 keeps what
     #: a crash can lose to about the wall time nnU-Net risks
     save_every_epochs: int = 10
@@ -91,8 +95,8 @@ class nnUNetTrainerSSLBase(ClassAttributeSettings, nnUNetTrainer):
     #: allowed values of the settings, merged over the class hierarchy (see :mod:`nnunet_ssl.trainers.settings`)
     settings_checks: Dict[str, Allowed] = {
         "unlabeled_batch_size": optional(count(1)), "rampup_fraction": at_least(0), "passes_per_batch": count(1),
-        "save_every_epochs": count(1), "pretrained_networks": one_of(*PRETRAINED_NETWORKS),
-        "inference": one_of(*INFERENCE_CHOICES)}
+        "optimizer_step_per_pass": BOOLEAN, "save_every_epochs": count(1),
+        "pretrained_networks": one_of(*PRETRAINED_NETWORKS), "inference": one_of(*INFERENCE_CHOICES)}
     #: former setting names -> the setting that replaced them
     renamed_settings = {"inference_network": "inference", "inference_decoders": "inference",
                         "inference_mode": "inference"}
@@ -316,32 +320,38 @@ class nnUNetTrainerSSLBase(ClassAttributeSettings, nnUNetTrainer):
         raise NotImplementedError
 
     def after_optimizer_step(self, context: PassContext) -> None:
-        """Called after each optimizer step (once per pass), e.g. for an EMA teacher update. Default: nothing."""
+        """Called after each optimizer step (once per pass, or once per batch with ``optimizer_step_per_pass =
+        False``), e.g. for an EMA teacher update. Default: nothing."""
 
-    def optimizer_step(self, loss: torch.Tensor) -> None:
-        """nnU-Net's backward, gradient clipping (norm 12) and optimizer step, with the grad scaler on CUDA."""
+    def backward(self, loss: torch.Tensor) -> None:
+        """nnU-Net's backward, through the grad scaler on CUDA."""
+        (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+
+    def optimizer_step(self) -> None:
+        """nnU-Net's gradient clipping (norm 12) and optimizer step, with the grad scaler on CUDA."""
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
 
     def train_step(self, batch: dict) -> dict:
         data, target = self.to_device(batch["data"]), self.to_device(batch["target"])
         data_unlabeled = self.to_device(batch["unlabeled"]["data"])
-        logged, carry = [], {}
-        for index in range(self.passes_per_batch):
-            context = PassContext(index, self.passes_per_batch, carry)
-            self.optimizer.zero_grad(set_to_none=True)
+        logged, carry, passes = [], {}, self.passes_per_batch
+        for index in range(passes):
+            context = PassContext(index, passes, carry)
+            if self.optimizer_step_per_pass or index == 0:
+                self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 loss, terms = self.compute_loss(data, target, data_unlabeled, batch, context)
-            self.optimizer_step(loss)
-            self.after_optimizer_step(context)
+            self.backward(loss if self.optimizer_step_per_pass else loss / passes)
+            if self.optimizer_step_per_pass or context.is_last:
+                self.optimizer_step()
+                self.after_optimizer_step(context)
             logged.append(torch.stack([torch.as_tensor(v, device=loss.device).detach().float()
                                        for v in (loss, *terms.values())]))
         self.step_in_epoch += 1

@@ -5,7 +5,8 @@ Semi-supervised Medical Image Segmentation", 2023), following the released code 
 One encoder and two differentiated decoders (:mod:`nnunet_ssl.networks.lefed`): decoder 1 is nnU-Net's decoder,
 decoder 2 upsamples by interpolation + conv and gates its skips with decoder 1's features. Each batch (nnU-Net's
 labeled patches + as many unlabeled ones, one concatenated forward) runs ``passes_per_batch`` passes (the base's
-loop), each forward -> loss -> backward -> optimizer step. The first pass has no feedback; every later pass adds
+loop), each forward -> loss -> backward -> optimizer step (``optimizer_step_per_pass = False``: one optimizer step
+per batch, on the gradient of the passes' mean loss). The first pass has no feedback; every later pass adds
 ``feedback_scale * (f2 - f1)`` of the previous pass's decoder features (detached) to the encoder's stage outputs.
 The loss of every pass is nnU-Net's supervised loss (Dice+CE, deep supervision) on the labeled part for both
 decoders, plus ``consistency_weight`` times the mean squared difference of the two decoders' probabilities over
