@@ -127,8 +127,8 @@ class FixedBoxes(CutMix):
         super().__init__(probability=1.0, volume=(0.25, 0.5))
         object.__setattr__(self, "empty", empty)
 
-    def boxes(self, n, spatial_shape, device):
-        boxes = torch.zeros((n, 1, *spatial_shape), dtype=torch.bool, device=device)
+    def boxes_for(self, batch):
+        boxes = torch.zeros((batch.shape[0], 1, *batch.shape[2:]), dtype=torch.bool, device=batch.device)
         if not self.empty:
-            boxes[:, :, :, : spatial_shape[1] // 2] = True
+            boxes[:, :, :, : batch.shape[3] // 2] = True
         return boxes

@@ -151,8 +151,8 @@ def test_cutmix_setting_draws_the_boxes_of_its_probability_and_volume():
     torch.manual_seed(1)
     expected = cutmix_boxes(16, (12, 10), 0.7, (0.1, 0.3), torch.device("cpu"))
     torch.manual_seed(1)
-    assert torch.equal(CutMix(0.7, (0.1, 0.3)).boxes(16, (12, 10), torch.device("cpu")), expected)
-    assert not CutMix(probability=0.0).boxes(8, (16, 16), torch.device("cpu")).any()
+    assert torch.equal(CutMix(0.7, (0.1, 0.3)).boxes_for(torch.zeros(16, 2, 12, 10)), expected)
+    assert not CutMix(probability=0.0).boxes_for(torch.zeros(8, 1, 16, 16)).any()
 
 
 def test_cutmix_takes_the_box_from_the_previous_sample_for_images_and_pseudo_labels_alike():

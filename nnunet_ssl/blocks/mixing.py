@@ -38,12 +38,9 @@ class CutMix:
     probability: float = 0.5
     volume: Tuple[float, float] = (0.02, 0.4)
 
-    def boxes(self, n: int, spatial_shape: Sequence[int], device: torch.device) -> torch.Tensor:
-        return cutmix_boxes(n, spatial_shape, self.probability, self.volume, device)
-
     def boxes_for(self, batch: torch.Tensor) -> torch.Tensor:
-        """One box per patch of ``batch`` (N, C, *spatial)."""
-        return self.boxes(batch.shape[0], batch.shape[2:], batch.device)
+        """One box per patch of ``batch`` (N, C, *spatial), drawn anew."""
+        return cutmix_boxes(batch.shape[0], batch.shape[2:], self.probability, self.volume, batch.device)
 
 
 def paste(content: torch.Tensor, background: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,7 @@ class nnUNetTrainerCMEMS(nnUNetTrainerSSLBase):
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
         n_l, n_u, spatial, device = data.shape[0], data_unlabeled.shape[0], data.shape[2:], data.device
-        mix = self.cutmix.boxes(n_u, spatial, device)
+        mix = self.cutmix.boxes_for(data_unlabeled)
         strong = with_partner(self.to_device(batch["unlabeled"][STRONG_VIEW_KEY]), mix)
         pasted = random_boxes(torch.full((n_u,), self.paste_side_fraction, device=device), spatial)
         source = torch.arange(n_u, device=device) % n_l

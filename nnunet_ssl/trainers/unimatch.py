@@ -100,8 +100,8 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSSLBase):
                                            for key in (STRONG_VIEW_KEY, SECOND_STRONG_VIEW_KEY)])
 
     def compute_loss(self, data, target, data_unlabeled, batch, context):
-        n_l, n_u, spatial, device = data.shape[0], data_unlabeled.shape[0], data.shape[2:], data.device
-        boxes = [self.cutmix.boxes(n_u, spatial, device) for _ in range(2)]
+        n_l, n_u = data.shape[0], data_unlabeled.shape[0]
+        boxes = [self.cutmix.boxes_for(data_unlabeled) for _ in range(2)]
         strong = [with_partner(self.to_device(batch["unlabeled"][key]), box)
                   for key, box in zip((STRONG_VIEW_KEY, SECOND_STRONG_VIEW_KEY), boxes)]
 
