@@ -3,7 +3,10 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
 
 from e2e import train_resume_predict
 from helpers import nnunet_loss, tiny_configuration, trainer_stub
@@ -204,6 +207,31 @@ def test_one_step_per_batch_takes_the_gradient_of_the_passes_mean_loss_each_pass
     assert torch.linalg.vector_norm(torch.stack([g.norm() for g in expected])) < 12, "no clipping in this check"
     assert len(stepped) == 1 and trainer.step_in_epoch == 1
     assert all(torch.allclose(g, e, atol=1e-6, rtol=1e-4) for g, e in zip(stepped[0], expected))
+
+
+def test_under_ddp_passes_that_only_accumulate_skip_the_all_reduce_and_the_step_is_unchanged(tmp_path):
+    """DDP (gloo, one rank): with one step per batch only the last pass all-reduces, and the weights after the
+    step equal those of the same step without DDP, so the accumulated gradient is what the last pass reduces."""
+    reference = build("PlainConvUNet", 2).train()
+    plain, _ = fake_trainer(reference)
+    plain.optimizer_step_per_pass = False
+    batch = {"data": image(2, seed=2)[:1], "target": labels(), "unlabeled": {"data": image(2, seed=3)}}
+    plain.train_step(batch)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        reduces = {}
+        for per_pass in (True, False):
+            ddp = DistributedDataParallel(build("PlainConvUNet", 2).train())
+            calls = []
+            ddp.register_comm_hook(None, lambda state, bucket: calls.append(1) or allreduce_hook(None, bucket))
+            trainer, _ = fake_trainer(ddp)
+            trainer.optimizer_step_per_pass = per_pass
+            trainer.train_step(batch)
+            reduces[per_pass] = len(calls)
+        assert reduces[False] > 0 and reduces[True] == 3 * reduces[False]
+        assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(ddp.module.parameters(), reference.parameters()))
+    finally:
+        dist.destroy_process_group()
 
 
 def test_pass_total_is_both_supervised_terms_plus_weighted_consistency_and_carries_the_feedback():

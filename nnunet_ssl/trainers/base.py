@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import autocast
+from torch.nn.parallel import DistributedDataParallel
 
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -327,6 +328,15 @@ class nnUNetTrainerSSLBase(ClassAttributeSettings, nnUNetTrainer):
         """nnU-Net's backward, through the grad scaler on CUDA."""
         (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
 
+    def gradient_sync(self, context: PassContext):
+        """Under DDP, a pass whose gradients only add up for a later optimizer step (``optimizer_step_per_pass =
+        False``, all passes but the last) runs in ``no_sync``: the last pass all-reduces the sum once, as DDP's
+        gradient accumulation does, instead of every pass."""
+        accumulating = not self.optimizer_step_per_pass and not context.is_last
+        if accumulating and isinstance(self.network, DistributedDataParallel):
+            return self.network.no_sync()
+        return dummy_context()
+
     def optimizer_step(self) -> None:
         """nnU-Net's gradient clipping (norm 12) and optimizer step, with the grad scaler on CUDA."""
         if self.grad_scaler is not None:
@@ -346,9 +356,10 @@ class nnUNetTrainerSSLBase(ClassAttributeSettings, nnUNetTrainer):
             context = PassContext(index, passes, carry)
             if self.optimizer_step_per_pass or index == 0:
                 self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss, terms = self.compute_loss(data, target, data_unlabeled, batch, context)
-            self.backward(loss if self.optimizer_step_per_pass else loss / passes)
+            with self.gradient_sync(context):
+                with self.autocast():
+                    loss, terms = self.compute_loss(data, target, data_unlabeled, batch, context)
+                self.backward(loss if self.optimizer_step_per_pass else loss / passes)
             if self.optimizer_step_per_pass or context.is_last:
                 self.optimizer_step()
                 self.after_optimizer_step(context)
