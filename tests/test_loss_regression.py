@@ -19,7 +19,8 @@ from conftest import make_trainer
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "loss_regression.json")
 TRAINERS = ("nnUNetTrainerCMEMS", "nnUNetTrainerDMD", "nnUNetTrainerDMD_paper", "nnUNetTrainerLeFeD",
-            "nnUNetTrainerMeanTeacher", "nnUNetTrainerPseudoLabel", "nnUNetTrainerUADCT", "nnUNetTrainerUADCT_paper")
+            "nnUNetTrainerLeFeD_paper", "nnUNetTrainerMeanTeacher", "nnUNetTrainerPseudoLabel", "nnUNetTrainerUADCT",
+            "nnUNetTrainerUADCT_paper")
 BATCH = 2
 
 

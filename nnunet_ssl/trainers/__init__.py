@@ -9,7 +9,7 @@ from nnunet_ssl.trainers.bcp import nnUNetTrainerBCP, nnUNetTrainerBCP_paper
 from nnunet_ssl.trainers.cmems import nnUNetTrainerCMEMS
 from nnunet_ssl.trainers.cps import nnUNetTrainerCPS, nnUNetTrainerCPS_paper
 from nnunet_ssl.trainers.dmd import nnUNetTrainerDMD, nnUNetTrainerDMD_paper
-from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD
+from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD, nnUNetTrainerLeFeD_paper
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_ssl.trainers.pseudo_label import nnUNetTrainerPseudoLabel
 from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT, nnUNetTrainerUADCT_paper
