@@ -437,7 +437,8 @@ def main(argv=None) -> None:
     dataset = DATASETS[budget["dataset"]]
     root = dataset_root(budget, args.workdir)
     env = prepare(budget, root)
-    write_variants(root)
+    if not args.report_only:  # the trainings of the workdir import it: a report from another checkout must not
+        write_variants(root)  # point them at its code
     budget["labeled"] = labeled_cases(env, dataset, budget["folds"])
     raw = os.path.join(env["nnUNet_raw"], dataset["name"])
     test_images, test_labels = os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs")

@@ -255,3 +255,21 @@ def test_label_efficiency_variants_keep_their_names_and_settings(tmp_path):
     smoke = recursive_find_python_class(ext, "nnUNetTrainer_bench_smoke", None, base_folder=ext)
     assert (smoke.num_iterations_per_epoch, smoke.num_val_iterations_per_epoch, smoke.batch_size_override,
             smoke.tta) == (2, 1, 4, False)
+
+
+def test_a_report_leaves_the_variants_module_that_running_trainings_import(tmp_path, monkeypatch):
+    """--report-only (e.g. from another checkout while the protocol trains) must not rewrite the workdir's
+    variants module: trainings and predictions started later would import the reporting checkout's code."""
+    budget = label_efficiency.BUDGETS["smoke"]
+    root = label_efficiency.dataset_root(budget, str(tmp_path))
+    module = os.path.join(root, "ext", "benchmark_trainers.py")
+    os.makedirs(os.path.dirname(module))
+    with open(module, "w") as f:
+        f.write("# written by the checkout that trains\n")
+    monkeypatch.setattr(label_efficiency, "prepare",
+                        lambda budget, root: {"nnUNet_raw": str(tmp_path), "nnUNet_results": str(tmp_path)})
+    monkeypatch.setattr(label_efficiency, "labeled_cases", lambda env, dataset, folds: "2 labeled")
+    with pytest.raises(SystemExit, match="no finished run"):
+        label_efficiency.main(["--workdir", str(tmp_path), "--budget", "smoke", "--report-only"])
+    with open(module) as f:
+        assert f.read() == "# written by the checkout that trains\n"
