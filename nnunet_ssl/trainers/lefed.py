@@ -23,7 +23,9 @@ behaviour; ``'second'`` uses decoder 2).
 cases of the label-efficiency protocol (Hippocampus 2d, 2 labeled cases, fold 0; benchmarks/RESULTS.md): one pass
 reached validation Dice 0.708, the released 3 passes with an optimizer step each (3x nnU-Net's optimizer steps per
 epoch; ``nnUNetTrainerLeFeD_paper``) 0.653, 3 passes with their feedback and one optimizer step per batch 0.668,
-against nnUNetTrainer's 0.689. The two decoders and their consistency stay; the feedback mechanism is in
+against nnUNetTrainer's 0.689. The default's own run of the same settings then scored 0.649: two LeFeD runs differ
+by more than these settings do, so the choice rests on nnU-Net's step count (one optimizer step per batch) more than
+on the scores. The two decoders and their consistency stay; the feedback mechanism is in
 ``nnUNetTrainerLeFeD_paper`` (or any ``passes_per_batch > 1``).
 
 Our choices and deviations (nnU-Net conventions where the released code's V-Net differs):
