@@ -361,8 +361,54 @@ def published_results(budget_name: str, budget: dict, records: list) -> dict:
             "settings": {k: budget[k] for k in ("dataset", "configuration", "split", "epochs", "iterations",
                                                 "batch_size", "device", "tta", "labeled", "n_test", "repeats")},
             "provenance": dict(bc.provenance({"split": SPLIT_SEED, "test_cases": bc.TEST_SEED}),
-                               runs={f"{r['trainer']}/fold_{r['fold']}" + (f"/rep_{r['repeat']}" if r.get("repeat")
-                                                                           else ""): r["commit"] for r in records})}
+                               runs={run_key(r): r["commit"] for r in records},
+                               carried={run_key(r): r["carried"] for r in records if r.get("carried")})}
+
+
+def run_key(record: dict) -> str:
+    """``<row>/fold_<f>``, ``.../rep_<r>`` for repeat r > 0: a run's key in the published provenance."""
+    return f"{record['trainer']}/fold_{record['fold']}" + (f"/rep_{record['repeat']}" if record.get("repeat") else "")
+
+
+#: the settings a published run must share with the budget for a report to carry it over
+CARRIED_SETTINGS = ("dataset", "configuration", "split", "epochs", "iterations", "batch_size", "device", "tta")
+
+
+def carried_records(published: dict, budget: dict, rows, present) -> list:
+    """The runs of the published JSON (``published_results``) that this workdir lacks: test and validation Dice of
+    each (row, fold) of ``rows`` x the budget's folds with no run in ``present`` (a set of (row, fold)), one record
+    per repeat, with the run's commit and ``carried`` (the commit of the report that first published it). A workdir
+    that was lost, or that holds other folds, thus keeps the runs already published instead of replacing them.
+    Nothing is carried from a JSON of other settings."""
+    settings = published.get("settings", {})
+    if any(settings.get(key) != budget[key] for key in CARRIED_SETTINGS):
+        return []
+    provenance = published["provenance"]
+    runs, earlier = provenance.get("runs", {}), provenance.get("carried", {})
+    records = []
+    for row in rows:
+        for fold in map(str, budget["folds"]):
+            if (row, int(fold)) in present or fold not in published["dice"].get(row, {}):
+                continue
+            repeated = published.get("repeats", {}).get(row, {}).get(fold)
+            dice = repeated["dice"] if repeated else [published["dice"][row][fold]]
+            val = (repeated or {}).get("val_dice") or [published["val_dice"].get(row, {}).get(fold)] * len(dice)
+            for repeat, (d, v) in enumerate(zip(dice, val)):
+                record = {"trainer": row, "fold": int(fold), "dice": d, "val_dice": v, "hd95": None, "asd": None,
+                          "train_minutes": None, "repeat": repeat}
+                key = run_key(record)
+                records.append(dict(record, commit=runs.get(key), carried=earlier.get(key, provenance["commit"])))
+    return records
+
+
+def carried_note(records: list) -> str:
+    """The table's footnote naming the carried runs, per fold and publishing commit ('' when none)."""
+    carried = {}
+    for r in records:
+        if r.get("carried"):
+            carried.setdefault(f"fold {r['fold']}, published at {r['carried'][:7]}", {})[r["trainer"]] = None
+    return "".join(f"\n\nCarried over from the published JSON (test and validation Dice only; these runs are not in "
+                   f"this workdir), {where}: {', '.join(names)}" for where, names in carried.items())
 
 
 def published_prefix(budget_name: str, trainers, results_dir: str) -> str:
@@ -463,18 +509,22 @@ def main(argv=None) -> None:
         records.append(dict(record(row, fold, out, fold_dir, dataset["labels"]), repeat=repeat))
         curves.setdefault(row, []).append(pseudo_dice_curve(fold_dir))
         print(f"    test Dice {records[-1]['dice']:.3f}, validation Dice {records[-1]['val_dice']}", flush=True)
+    published = published_prefix(args.budget, args.trainers, results_dir)
+    if os.path.isfile(published + ".json"):
+        with open(published + ".json") as f:
+            records += carried_records(json.load(f), budget, rows, {(r["trainer"], r["fold"]) for r in records})
     if not records:
         raise SystemExit("no finished run to summarise")
 
     summary = summarise(records, dataset["labels"])
     text = table(summary, budget, dataset["labels"])
+    text += carried_note(records)
     print("\n" + text)
     bc.write_json(os.path.join(results_dir, "results.json"),
                   {"provenance": bc.provenance({"split": SPLIT_SEED, "test_cases": bc.TEST_SEED}), "budget": budget,
                    "records": records, "summary": summary, "curves": curves})
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write(text + "\n")
-    published = published_prefix(args.budget, args.trainers, results_dir)
     bc.write_json(published + ".json", published_results(args.budget, budget, records))
     print(f"wrote {published}.json")
     plot(curves, summary, records, budget, args.plot or published + ".png")

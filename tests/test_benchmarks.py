@@ -169,6 +169,37 @@ def test_label_efficiency_publishes_dice_per_row_and_fold_with_provenance():
                                   "nnUNetTrainerX/fold_0": "abc", "nnUNetTrainer/fold_0/rep_1": "def"}
 
 
+def test_a_report_carries_published_runs_its_workdir_lacks_and_prefers_its_own():
+    """A lost workdir (or one that holds other folds) must not drop the published runs from the next report: they
+    come back with their Dice, repeats and commits; a run of the workdir replaces its published one."""
+    budget = dict(label_efficiency.BUDGETS["hippo2d-l2"], labeled="2 labeled", n_test=52, repeats=1)
+    earlier = [_rec("nnUNetTrainer", 0, 0.6, 0.5), dict(_rec("nnUNetTrainer", 0, 0.7, 0.6), repeat=1, commit="def"),
+               _rec("nnUNetTrainerX", 0, 0.7, 0.65), _rec("nnUNetTrainerX", 1, 0.9, 0.8)]
+    published = label_efficiency.published_results("hippo2d-l2", budget, earlier)
+    workdir = [_rec("nnUNetTrainerX", 1, 0.75, 0.7)]
+    rows = ["nnUNetTrainer", "nnUNetTrainerX", "nnUNetTrainerY"]
+    carried = label_efficiency.carried_records(published, budget, rows, {("nnUNetTrainerX", 1)})
+    source = published["provenance"]["commit"]
+    assert [(r["trainer"], r["fold"], r["repeat"], r["dice"], r["val_dice"], r["commit"], r["carried"])
+            for r in carried] == [("nnUNetTrainer", 0, 0, 0.6, 0.5, "abc", source),
+                                  ("nnUNetTrainer", 0, 1, 0.7, 0.6, "def", source),
+                                  ("nnUNetTrainerX", 0, 0, 0.7, 0.65, "abc", source)]
+    summary = {r["trainer"]: r for r in label_efficiency.summarise(workdir + carried, {})}
+    assert summary["nnUNetTrainerX"]["gain"] == pytest.approx((0.05, 0.0)), "fold 0: 0.7 - mean(0.6, 0.7)"
+    assert summary["nnUNetTrainerX"]["dice"] == pytest.approx((0.725, 0.025)), "fold 1 is the workdir's 0.75"
+    assert summary["nnUNetTrainerX"]["hd95"] == (2.0, 0.0), "carried runs have no HD95: the workdir's alone"
+    again = label_efficiency.published_results("hippo2d-l2", budget, workdir + carried)
+    assert again["repeats"] == published["repeats"] and again["dice"]["nnUNetTrainerX"] == {"0": 0.7, "1": 0.75}
+    assert again["provenance"]["carried"] == {"nnUNetTrainer/fold_0": source, "nnUNetTrainer/fold_0/rep_1": source,
+                                              "nnUNetTrainerX/fold_0": source}
+    assert label_efficiency.carried_records(again, budget, rows, set())[0]["carried"] == source, \
+        "carried twice, a run still names the report that first published it"
+    note = label_efficiency.carried_note(carried)
+    assert f"fold 0, published at {source[:7]}: nnUNetTrainer, nnUNetTrainerX" in note
+    other = dict(budget, epochs=20)
+    assert label_efficiency.carried_records(published, other, rows, set()) == [], "other settings: nothing carried"
+
+
 def test_only_a_report_of_the_default_rows_replaces_the_published_files(tmp_path):
     published = os.path.join(bench_common.REPO, "benchmarks", "label_efficiency_hippo2dl2")
     assert label_efficiency.published_prefix("hippo2d-l2", None, str(tmp_path)) == published
