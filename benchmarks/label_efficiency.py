@@ -438,7 +438,8 @@ def plot(curves: dict, rows: list, records: list, budget: dict, path: str) -> No
     left.set_xlabel("training iterations")
     left.set_ylabel("validation pseudo-Dice (nnU-Net EMA, fold's val cases)")
     left.set_title("Dice versus iterations")
-    left.legend(fontsize=7)
+    if curves:  # none for runs carried over from the published JSON
+        left.legend(fontsize=7)
     names = [r["trainer"].replace("nnUNetTrainer", "") or "nnUNet" for r in rows]
     right.bar(names, [r["dice"][0] for r in rows], yerr=[r["dice"][1] for r in rows], capsize=4,
               color=[colors[r["trainer"]] for r in rows], alpha=0.8)

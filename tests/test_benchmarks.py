@@ -200,6 +200,31 @@ def test_a_report_carries_published_runs_its_workdir_lacks_and_prefers_its_own()
     assert label_efficiency.carried_records(published, other, rows, set()) == [], "other settings: nothing carried"
 
 
+def test_a_report_of_an_empty_workdir_republishes_the_published_runs(tmp_path, monkeypatch, capsys):
+    """The whole report path: with no run in the workdir, --report-only summarises the published JSON's runs (its
+    plot too) and names them as carried, instead of stopping with 'no finished run'."""
+    budget = dict(label_efficiency.BUDGETS["smoke"], labeled="2 labeled", n_test=52, repeats=1)
+    root = label_efficiency.dataset_root(budget, str(tmp_path))
+    results_dir = os.path.join(root, "label_efficiency", "smoke")
+    os.makedirs(results_dir)
+    published = label_efficiency.published_prefix("smoke", None, results_dir) + ".json"
+    earlier = label_efficiency.published_results("smoke", budget, [_rec("nnUNetTrainer", 0, 0.6, 0.5),
+                                                                   _rec("nnUNetTrainerCPS", 0, 0.7, 0.65)])
+    with open(published, "w") as f:
+        json.dump(earlier, f)
+    monkeypatch.setattr(label_efficiency, "prepare",
+                        lambda budget, root: {"nnUNet_raw": str(tmp_path), "nnUNet_results": str(tmp_path)})
+    monkeypatch.setattr(label_efficiency, "labeled_cases", lambda env, dataset, folds: "2 labeled")
+    label_efficiency.main(["--workdir", str(tmp_path), "--budget", "smoke", "--report-only"])
+    out = capsys.readouterr().out
+    assert "| nnUNetTrainerCPS | 0 | 0.700 ± 0.000 | +0.100 ± 0.000 |" in out
+    assert f"fold 0, published at {earlier['provenance']['commit'][:7]}: nnUNetTrainer, nnUNetTrainerCPS" in out
+    with open(published) as f:
+        again = json.load(f)
+    assert again["dice"] == earlier["dice"] and again["provenance"]["runs"] == earlier["provenance"]["runs"]
+    assert os.path.isfile(published.replace(".json", ".png"))
+
+
 def test_only_a_report_of_the_default_rows_replaces_the_published_files(tmp_path):
     published = os.path.join(bench_common.REPO, "benchmarks", "label_efficiency_hippo2dl2")
     assert label_efficiency.published_prefix("hippo2d-l2", None, str(tmp_path)) == published
