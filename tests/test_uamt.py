@@ -8,7 +8,7 @@ from helpers import FixedBoxes, step_inputs, tiny_unet, trainer_stub
 from nnunet_ssl.blocks.consistency import masked_probability_mse
 from nnunet_ssl.blocks.uncertainty import certainty_mask
 from nnunet_ssl.trainers.base import PassContext
-from nnunet_ssl.trainers.uamt import nnUNetTrainerUAMT
+from nnunet_ssl.trainers.uamt import nnUNetTrainerUAMT, nnUNetTrainerUAMT_paper
 
 HALFWAY_RAMP = math.exp(-5 * 0.5 ** 2)  # the sigmoid ramp-up at epoch 5 of 10
 
@@ -126,6 +126,25 @@ def test_dropout_option_makes_the_passes_differ_without_noise_and_keeps_nnunets_
     assert trainer.network.teacher.decoder.seg_layers[-1].mc_dropout.dropout.p == 0.5
     trainer.network.eval()
     torch.testing.assert_close(trainer.network(unlabeled)[0], trainer.network(unlabeled)[0])
+
+
+@pytest.mark.parametrize("classes", [2, 3, 4])
+def test_paper_variant_thresholds_the_entropy_at_the_released_ln2_and_samples_with_dropout(classes):
+    """The released mask, rewritten independently: entropy < (0.75 + 0.25 ramp) ln 2 for any number of classes
+    (SSL4MIS keeps ln 2 for ACDC's four), where the default uses that fraction of ln C."""
+    cls = type("UAMT", (nnUNetTrainerUAMT_paper,), {})
+    torch.manual_seed(0)
+    trainer = trainer_stub(cls, cls.build_ssl_network(lambda: tiny_unet(classes=classes)), classes=classes, epoch=5,
+                           num_epochs=10)
+    probabilities = torch.softmax(torch.randn(2, classes, 16, 16) * 1.5, dim=1)
+    entropy = -torch.sum(probabilities * torch.log(probabilities), dim=1, keepdim=True)
+    released = (entropy < (0.75 + 0.25 * HALFWAY_RAMP) * math.log(2)).float()
+    ours = certainty_mask(probabilities, trainer.uncertainty_threshold(), regions=False)
+    assert 0 < released.mean() < 1 and (ours != released).float().mean() < 1e-3
+    default = certainty_mask(probabilities, uamt_trainer().uncertainty_threshold(), regions=False)
+    assert (ours.mean() < default.mean()) == (classes > 2), "more classes: the ln 2 threshold keeps fewer voxels"
+    assert trainer.network.teacher.decoder.seg_layers[-1].mc_dropout.dropout.p == 0.5
+    assert trainer.network.student.decoder.seg_layers[-1].mc_dropout.dropout.p == 0.5
 
 
 # ---- nnU-Net's commands -------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from nnunet_ssl.trainers.lefed import nnUNetTrainerLeFeD, nnUNetTrainerLeFeD_pap
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_ssl.trainers.pseudo_label import nnUNetTrainerPseudoLabel
 from nnunet_ssl.trainers.uadct import nnUNetTrainerUADCT, nnUNetTrainerUADCT_paper
-from nnunet_ssl.trainers.uamt import nnUNetTrainerUAMT
+from nnunet_ssl.trainers.uamt import nnUNetTrainerUAMT, nnUNetTrainerUAMT_paper
 from nnunet_ssl.trainers.unimatch import nnUNetTrainerUniMatch
 
 install_excepthook()

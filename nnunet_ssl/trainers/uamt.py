@@ -34,6 +34,8 @@ Our choices and deviations:
   default therefore draws the passes by input noise only (``mc_dropout_rate = 0``), the released code's other
   source of randomness; ``mc_dropout_rate = 0.5`` puts the V-Net's decoder dropout on the last decoder features of
   both U-Nets (:mod:`nnunet_ssl.networks.dropout`), where it also acts in the student's training forward.
+* ``nnUNetTrainerUAMT_paper``: the released uncertainty, dropout 0.5 as above and the threshold on ``ln 2``
+  whatever the number of classes.
 * The consistency target is the teacher's first pass; the released code draws a ninth pass from the same
   distribution for it, which costs one more teacher forward. The passes run ``mc_chunk_size`` at a time, batched.
 * Student: nnU-Net's U-Net, Dice+CE with deep supervision on the labeled patches (the code: (Dice + CE) / 2, no
@@ -45,6 +47,8 @@ Our choices and deviations:
 * Logged: ``sup``, ``cons``, ``cons_weight``, ``certain`` (the share of unlabeled voxels the mask keeps) and
   ``uncertainty`` (the mean normalised entropy).
 """
+import math
+
 import torch
 
 from nnunet_ssl.blocks.consistency import masked_probability_mse
@@ -111,3 +115,17 @@ class nnUNetTrainerUAMT(nnUNetTrainerMeanTeacher):
         return sup + weight * cons, {"sup": sup.detach(), "cons": cons.detach(), "cons_weight": torch.tensor(weight),
                                      "certain": mask.mean(), "uncertainty": normalized_entropy(teacher_mean,
                                                                                                regions).mean()}
+
+
+class nnUNetTrainerUAMT_paper(nnUNetTrainerUAMT):
+    """UA-MT's released uncertainty: channel dropout p = 0.5 on the last decoder features of student and teacher
+    (the V-Net's decoder dropout; its bottleneck dropout is not added), so the teacher's passes differ by dropout as
+    well as by input noise, and the threshold ``(0.75 + 0.25 * rampup(t)) * ln 2`` on the entropy whatever the
+    number of classes (the release's two classes; SSL4MIS's 2D script keeps it for ACDC's four): with more than
+    two classes it keeps fewer voxels than the default's fraction of ``ln C``."""
+    mc_dropout_rate = 0.5
+
+    def uncertainty_threshold(self) -> float:
+        # the mask compares entropy / ln C (binary entropy / ln 2 per region) with the threshold
+        classes = 2 if self.label_manager.has_regions else self.label_manager.num_segmentation_heads
+        return super().uncertainty_threshold() * math.log(2) / math.log(classes)
